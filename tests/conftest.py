@@ -1,0 +1,31 @@
+"""Shared fixtures. Every ROS process a test starts runs on loopback, in this run's domain."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from region_perception.ros_env import apply_local_ros_env
+
+REPO = Path(__file__).resolve().parents[1]
+HELPERS = Path(__file__).resolve().parent / "helpers"
+
+# Before anything can import rclpy: loopback-only discovery and a per-run domain id,
+# inherited by every subprocess the tests start.
+apply_local_ros_env()
+
+
+@pytest.fixture()
+def child_env() -> dict[str, str]:
+    """Environment for a subprocess: this run's ROS settings, unbuffered output."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+@pytest.fixture()
+def python() -> str:
+    return sys.executable
