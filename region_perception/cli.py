@@ -1,5 +1,244 @@
-"""Command-line interface (filled in by the engine issue)."""
+"""``region-perception``: ask about regions of an image file from the command line.
+
+Pixel coordinates by default (``--normalized`` for [0, 1]); ``--json`` prints one JSON
+object on stdout. Bad input exits with status 2 and one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .regions import BoxRegion, MaskRegion, PointsRegion, Region, RegionError, ScribbleRegion
+
+EXIT_BAD_INPUT = 2
 
 
-def main() -> int:
+class CliError(ValueError):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+def _numbers(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"{what}: {text!r} is not a list of numbers") from None
+
+
+def parse_points(text: str, what: str = "--points") -> np.ndarray:
+    """``"x,y;x,y"`` -> (N, 2)."""
+    pairs = [p for p in text.split(";") if p.strip()]
+    rows = []
+    for pair in pairs:
+        vals = _numbers(pair, what)
+        if len(vals) != 2:
+            raise CliError(f"{what}: {pair!r} is not an x,y pair")
+        rows.append(vals)
+    if not rows:
+        raise CliError(f"{what}: no points given")
+    return np.array(rows, dtype=np.float64)
+
+
+def read_image(path: str) -> np.ndarray:
+    import cv2
+
+    if not Path(path).is_file():
+        raise CliError(f"image {path!r}: no such file")
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise CliError(f"image {path!r}: not an image OpenCV can read")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def regions_from_args(args: argparse.Namespace, size: tuple[int, int]) -> list[Region]:
+    """Every region option, in the order given on the command line."""
+    import cv2
+
+    height, width = size
+    scale = np.array([width, height], dtype=np.float64) if args.normalized else np.ones(2)
+    regions: list[Region] = []
+    for text in args.points or []:
+        regions.append(PointsRegion(parse_points(text) * scale))
+    for text in args.scribble or []:
+        regions.append(ScribbleRegion(parse_points(text, "--scribble") * scale))
+    for text in args.box or []:
+        vals = _numbers(text, "--box")
+        if len(vals) != 4:
+            raise CliError(f"--box: expected x1,y1,x2,y2, got {text!r}")
+        regions.append(BoxRegion(np.array(vals) * np.tile(scale, 2)))
+    for path in args.mask or []:
+        mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise CliError(f"--mask {path!r}: not an image OpenCV can read")
+        regions.append(MaskRegion(mask > 0))
+    return regions
+
+
+def _engine(args: argparse.Namespace):
+    from .config_file import engine_values, load_parameters
+    from .engine import EngineConfig, RegionEngine
+
+    values: dict[str, Any] = engine_values(load_parameters(args.config)) if args.config else {}
+    for key in ("model", "segmenter", "proposals", "device", "dtype", "seed"):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    return RegionEngine.load(EngineConfig.from_dict(values))
+
+
+def _print(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    if result.get("weights_random"):
+        print("*** RANDOM WEIGHTS: the text below exercises the code path; it is not a prediction ***")
+    for note in result.get("notes", []):
+        print(f"note: {note}")
+    for i, out in enumerate(result.get("outputs", [])):
+        name = out.get("name") or f"region {i}"
+        if result["task"] == "classify":
+            ranked = list(zip(out["labels"], out["label_scores"], strict=True))[:5]
+            top = ", ".join(f"{lbl} {s:.3f}" for lbl, s in ranked)
+            print(f"{name}: {out['label']}   ({top})")
+        elif result["task"] == "refer":
+            print(f"selected proposal {result['selected_index']} box {out['box']} score {out['score']:.4f}")
+        else:
+            print(f"{name}: {out['text']}")
+    if result["task"] == "refer":
+        print("candidate scores (lower is better):", result["candidate_scores"])
+    print("timings (ms):", result["timings_ms"])
+
+
+def cmd_task(args: argparse.Namespace) -> int:
+    from .regions import validate
+
+    image = read_image(args.image)
+    # bad regions fail here, before minutes of model loading
+    regions = [validate(r, image.shape[:2]) for r in regions_from_args(args, image.shape[:2])]
+    engine = _engine(args)
+    if args.command == "describe":
+        from .regions import WholeImage
+
+        result = engine.caption(image, regions or [WholeImage()], max_new_tokens=args.max_new_tokens)
+    elif args.command == "ask":
+        result = engine.ask(image, regions, args.question, max_new_tokens=args.max_new_tokens)
+    elif args.command == "classify":
+        from .config_file import read_vocabulary
+
+        labels = [v.strip() for v in args.labels.split(",")] if args.labels else read_vocabulary(args.vocab)
+        if not regions:
+            raise CliError("classify: give a region (--points, --scribble, --box or --mask)")
+        result = engine.classify(image, regions, labels)
+    else:  # refer
+        result = engine.refer(image, args.text)
+        if args.out:
+            import cv2
+
+            cv2.imwrite(args.out, result.outputs[0].mask.astype(np.uint8) * 255)
+    _print(result.to_json(), args.json)
     return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .models.registry import table
+
+    rows = table()
+    if args.json:
+        print(json.dumps(rows, indent=1))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title="region_perception models")
+    for col in ("name", "backend", "tasks", "size", "license", "source", "notes"):
+        t.add_column(col, overflow="fold")
+    for row in rows:
+        t.add_row(*(row[c] for c in ("name", "backend", "tasks", "size", "license", "source", "notes")))
+    Console(width=160).print(t)
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .models.convert_regionvlm import convert
+
+    report = convert(args.checkpoint, args.out_dir, base=args.base, allow_pickle=args.allow_pickle)
+    print(json.dumps(report, indent=1))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="region-perception", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def task_parser(name: str, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("image", help="image file (any format OpenCV reads)")
+        p.add_argument("--points", action="append", help='clicked points "x,y;x,y" (repeat for more regions)')
+        p.add_argument("--scribble", action="append", help='polyline vertices "x,y;x,y;..."')
+        p.add_argument("--box", action="append", help="box x1,y1,x2,y2")
+        p.add_argument("--mask", action="append", help="mask image, nonzero = inside, the image's size")
+        p.add_argument("--normalized", action="store_true", help="coordinates are in [0, 1] of the image")
+        p.add_argument("--model", help="registry name, Hugging Face id or directory (default: config's)")
+        p.add_argument("--segmenter", help="SAM: tiny-sam, vit_b:/path.pth, HF id, or none")
+        p.add_argument("--proposals", choices=["sam", "superpixels"], help="REFER proposal source")
+        p.add_argument("--device", help="auto | cpu | cuda")
+        p.add_argument("--dtype", help="auto | float32 | float16 | bfloat16")
+        p.add_argument("--seed", type=int)
+        p.add_argument("--config", help="node parameters YAML (config/default.yaml) to read engine settings from")
+        p.add_argument("--max-new-tokens", type=int, default=0)
+        p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+        p.set_defaults(func=cmd_task)
+        return p
+
+    task_parser("describe", "caption the region(s); no region = the whole image")
+    task_parser("ask", "answer a question about the region(s)").add_argument("--question", required=True)
+    refer = task_parser("refer", "find the region a sentence refers to")
+    refer.add_argument("--text", required=True, help="the referring expression")
+    refer.add_argument("--out", help="write the selected mask as a PNG of the image's size")
+    classify = task_parser("classify", "name the region with a label from a vocabulary")
+    group = classify.add_mutually_exclusive_group()
+    group.add_argument("--labels", help='candidate labels "a,b,c"')
+    group.add_argument("--vocab", default="coco80", help="vocabulary name or file (default coco80)")
+
+    models = sub.add_parser("models", help="list the models this package knows")
+    models.add_argument("--json", action="store_true")
+    models.set_defaults(func=cmd_models)
+
+    conv = sub.add_parser("convert-regionvlm", help="map the released RegionVLM .pth onto transformers' InstructBLIP")
+    conv.add_argument("checkpoint")
+    conv.add_argument("out_dir")
+    conv.add_argument(
+        "--base", default="Salesforce/instructblip-flan-t5-xl", help="model supplying the weights the checkpoint lacks"
+    )
+    conv.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="allow a checkpoint that needs pickled objects (runs code from the file)",
+    )
+    conv.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    from .engine import ImageError, TaskError
+    from .models.convert_regionvlm import UnsafeCheckpointError
+
+    try:
+        return args.func(args)
+    except (CliError, RegionError, ImageError, TaskError, UnsafeCheckpointError, FileNotFoundError) as exc:
+        print(f"region-perception: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except (OSError, ValueError) as exc:
+        print(f"region-perception: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -16,6 +16,8 @@ HELPERS = Path(__file__).resolve().parent / "helpers"
 # Before anything can import rclpy: loopback-only discovery and a per-run domain id,
 # inherited by every subprocess the tests start.
 apply_local_ros_env()
+# Tiny random-weight models are built once into the (git-ignored) build folder and reused.
+os.environ.setdefault("REGION_PERCEPTION_CACHE", str(REPO / "build" / "models"))
 
 
 @pytest.fixture()
@@ -29,3 +31,19 @@ def child_env() -> dict[str, str]:
 @pytest.fixture()
 def python() -> str:
     return sys.executable
+
+
+@pytest.fixture(scope="session")
+def astronaut():
+    """A real photograph (scikit-image's bundled astronaut), RGB uint8 512x512."""
+    from skimage import data
+
+    return data.astronaut()
+
+
+@pytest.fixture(scope="session")
+def tiny_engine():
+    """The engine on the tiny random-weight models, loaded through from_pretrained."""
+    from region_perception.engine import EngineConfig, RegionEngine
+
+    return RegionEngine.load(EngineConfig(model="tiny-regionvlm", segmenter="tiny-sam", device="cpu"))

@@ -24,10 +24,24 @@ def test_colcon_build_in_ros2_ws(tmp_path: Path, child_env: dict[str, str]):
     env = dict(child_env, AMENT_PREFIX_PATH=str(venv), CMAKE_PREFIX_PATH=str(venv))
     env["PATH"] = f"{venv / 'bin'}{os.pathsep}{env['PATH']}"
     build = subprocess.run(
-        [str(colcon), "--log-base", str(tmp_path / "log"), "build",
-         "--build-base", str(tmp_path / "build"), "--install-base", str(tmp_path / "install"),
-         "--cmake-args", f"-DPython3_EXECUTABLE={sys.executable}", "-DBUILD_TESTING=OFF"],
-        cwd=REPO / "ros2_ws", env=env, capture_output=True, text=True, timeout=900,
+        [
+            str(colcon),
+            "--log-base",
+            str(tmp_path / "log"),
+            "build",
+            "--build-base",
+            str(tmp_path / "build"),
+            "--install-base",
+            str(tmp_path / "install"),
+            "--cmake-args",
+            f"-DPython3_EXECUTABLE={sys.executable}",
+            "-DBUILD_TESTING=OFF",
+        ],
+        cwd=REPO / "ros2_ws",
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
     )
     assert build.returncode == 0, build.stdout[-3000:] + build.stderr[-3000:]
     install = tmp_path / "install"
@@ -40,7 +54,10 @@ def test_colcon_build_in_ros2_ws(tmp_path: Path, child_env: dict[str, str]):
     )
     run = subprocess.run(
         ["bash", "-c", f". {install}/setup.bash && cd / && {sys.executable} -c '{check}'"],
-        env=env, capture_output=True, text=True, timeout=120,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     first, second = run.stdout.split()[:2], run.stdout.split()[1:]

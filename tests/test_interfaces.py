@@ -88,7 +88,10 @@ def test_service_type_has_query_and_optional_image():
 def test_every_field_crosses_processes_intact(python, child_env):
     sub = subprocess.Popen(
         [python, str(HELPERS / "interface_echo.py"), "60"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=child_env,
     )
     try:
         assert sub.stdout.readline().strip() == "READY"
@@ -99,6 +102,7 @@ def test_every_field_crosses_processes_intact(python, child_env):
         rpub = node.create_publisher(RegionResult, "rp_test/result", 10)
         query, result = make_query(), make_result()
         deadline = time.monotonic() + 30
+
         def discovered() -> bool:
             return qpub.get_subscription_count() >= 1 and rpub.get_subscription_count() >= 1
 

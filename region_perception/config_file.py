@@ -1,0 +1,48 @@
+"""Read the node's YAML parameters file, so the CLI and the node share one config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+def load_parameters(path: str | Path, node_name: str = "region_perception") -> dict[str, Any]:
+    """The ``ros__parameters`` of ``node_name`` (or ``/**``) in a ROS 2 params file."""
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    for key in (node_name, f"/{node_name}", "/**", "**"):
+        section = data.get(key)
+        if isinstance(section, dict) and "ros__parameters" in section:
+            return dict(section["ros__parameters"] or {})
+    raise ValueError(f"{path}: no '{node_name}: ros__parameters:' section")
+
+
+def engine_values(params: dict[str, Any]) -> dict[str, Any]:
+    """Parameters that configure the engine (flat names; ``proposal_filter.*`` nested)."""
+    values: dict[str, Any] = {}
+    pf: dict[str, Any] = {}
+    for key, value in params.items():
+        if key.startswith("proposal_filter."):
+            pf[key.split(".", 1)[1]] = value
+        elif isinstance(value, dict) and key == "proposal_filter":
+            pf.update(value)
+        else:
+            values[key] = value
+    if pf:
+        values["proposal_filter"] = pf
+    return values
+
+
+def read_vocabulary(name_or_path: str, config_dir: Path | None = None) -> list[str]:
+    """A label vocabulary: ``coco80`` (shipped in config/) or a text file, one label a line."""
+    here = config_dir or Path(__file__).resolve().parent.parent / "config"
+    candidates = [
+        Path(name_or_path),
+        here / f"{name_or_path}.txt",
+        Path(__file__).resolve().parent / "data" / f"{name_or_path}.txt",
+    ]
+    for path in candidates:
+        if path.is_file():
+            return [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+    raise FileNotFoundError(f"vocabulary {name_or_path!r}: no such file (looked in {', '.join(map(str, candidates))})")

@@ -1,0 +1,409 @@
+"""The region engine: one object that answers caption / ask / classify / refer queries.
+
+Plain Python (no rclpy): the CLI, the ROS node and the benchmarks all call it. Per frame,
+the vision encoder, the SAM embedding and the mask proposals are computed once and kept
+in a bounded feature cache; every query on that frame reuses them.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .feature_cache import FeatureCache, image_key
+from .proposals import ProposalFilter, filter_proposals
+from .refer import refer_batched
+from .region_text import Rounding, points_to_text
+from .regions import (
+    Region,
+    RegionError,
+    WholeImage,
+    normalize_points,
+    region_box,
+    region_mask,
+    region_points,
+    validate,
+)
+from .timing import Timings
+
+
+class ImageError(ValueError):
+    """The image itself cannot be used (shape, dtype, size)."""
+
+
+class TaskError(ValueError):
+    """The query is well-formed but cannot be answered on this image (e.g. no proposals)."""
+
+
+TASKS = ("caption", "classify", "refer", "ask")
+
+
+@dataclass
+class EngineConfig:
+    model: str = "tiny-regionvlm"
+    segmenter: str = "tiny-sam"  # segment-anything spec / HF id; "none" = no SAM
+    segmenter_backend: str = "sam"  # sam (segment-anything) | hf-sam (transformers)
+    proposals: str = "superpixels"  # sam | superpixels
+    device: str = "auto"
+    dtype: str = "auto"
+    feature_cache_frames: int = 4
+    points_per_region: int = 10
+    refer_draws: int = 5
+    seed: int = 0
+    rounding: Rounding = "truncate"
+    max_new_tokens: int = 30
+    num_beams: int = 1
+    score_batch_size: int = 32
+    max_points: int = 1024
+    max_image_pixels: int = 4096 * 4096
+    max_text_chars: int = 2000
+    trust_remote_code: bool = False
+    proposal_filter: ProposalFilter = field(default_factory=ProposalFilter)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> EngineConfig:
+        known = {k: v for k, v in values.items() if k in cls.__dataclass_fields__ and k != "proposal_filter"}
+        pf = values.get("proposal_filter") or {}
+        return cls(**known, proposal_filter=ProposalFilter(**pf))
+
+
+@dataclass
+class RegionAnswer:
+    name: str = ""
+    text: str = ""
+    label: str = ""
+    score: float = 0.0
+    labels: list[str] = field(default_factory=list)
+    label_scores: list[float] = field(default_factory=list)
+    mask: np.ndarray | None = None  # bool, image size
+    box: list[float] = field(default_factory=list)  # x_min, y_min, x_max, y_max px
+    region_text: str = ""  # what the Q-Former read
+
+
+@dataclass
+class TaskResult:
+    task: str
+    outputs: list[RegionAnswer]
+    model: str
+    weights_random: bool
+    image_size: tuple[int, int]
+    timings_ms: dict[str, float]
+    selected_index: int = -1
+    candidate_scores: list[float] = field(default_factory=list)
+    candidate_boxes: list[list[float]] = field(default_factory=list)
+    candidate_masks: list[np.ndarray] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """Everything but the pixel masks, for printing."""
+        return {
+            "task": self.task,
+            "model": self.model,
+            "weights_random": self.weights_random,
+            "image_size": {"height": self.image_size[0], "width": self.image_size[1]},
+            "outputs": [
+                {
+                    "name": o.name,
+                    "text": o.text,
+                    "label": o.label,
+                    "score": o.score,
+                    "labels": o.labels,
+                    "label_scores": o.label_scores,
+                    "box": o.box,
+                    "region_text": o.region_text,
+                    "mask_area": int(o.mask.sum()) if o.mask is not None else 0,
+                }
+                for o in self.outputs
+            ],
+            "selected_index": self.selected_index,
+            "candidate_scores": self.candidate_scores,
+            "candidate_boxes": self.candidate_boxes,
+            "timings_ms": self.timings_ms,
+            "notes": self.notes,
+        }
+
+
+def check_image(image: np.ndarray, max_pixels: int) -> np.ndarray:
+    """An RGB uint8 (H, W, 3) image, or ImageError saying what is wrong."""
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"image must be a numpy array, got {type(image).__name__}")
+    if image.ndim == 2:
+        image = np.repeat(image[:, :, None], 3, axis=2)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ImageError(f"image must be H x W x 3 RGB, got shape {image.shape}")
+    if image.dtype != np.uint8:
+        raise ImageError(f"image must be uint8, got {image.dtype}")
+    h, w = image.shape[:2]
+    if h == 0 or w == 0:
+        raise ImageError(f"image is empty ({w}x{h})")
+    if h * w > max_pixels:
+        raise ImageError(f"image {w}x{h} has more than the limit of {max_pixels} pixels")
+    return image
+
+
+def _box_list(box: np.ndarray) -> list[float]:
+    return [round(float(v), 2) for v in box]
+
+
+class RegionEngine:
+    """Answers region queries with one region model, one segmenter and a feature cache."""
+
+    def __init__(
+        self, config: EngineConfig, model, segmenter=None, proposer=None, cache: FeatureCache | None = None
+    ) -> None:
+        self.config = config
+        self.model = model
+        self.segmenter = segmenter
+        self.proposer = proposer or segmenter
+        self.cache = cache or FeatureCache(config.feature_cache_frames)
+        self.lock = threading.Lock()  # one inference at a time per engine
+
+    @classmethod
+    def load(cls, config: EngineConfig) -> RegionEngine:
+        from .models.loading import load_regionvlm, load_segmenter, resolve_device, resolve_dtype
+        from .models.sam import SuperpixelProposer
+
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        cache = FeatureCache(config.feature_cache_frames)
+        model = load_regionvlm(config.model, device, dtype, trust_remote_code=config.trust_remote_code)
+        segmenter = None
+        if config.segmenter not in ("", "none"):
+            segmenter = load_segmenter(config.segmenter, config.segmenter_backend, cache, device)
+        if config.proposals == "superpixels":
+            proposer = SuperpixelProposer(cache)
+        elif config.proposals == "sam":
+            if segmenter is None:
+                raise ValueError("proposals: sam needs a segmenter (segmenter is 'none')")
+            proposer = segmenter
+        else:
+            raise ValueError(f"proposals {config.proposals!r}: expected sam or superpixels")
+        return cls(config, model, segmenter, proposer, cache)
+
+    @property
+    def weights_random(self) -> bool:
+        return bool(self.model.weights_random or (self.segmenter is not None and self.segmenter.weights_random))
+
+    # -- shared steps ---------------------------------------------------------------------
+    def _features(self, key: str, image: np.ndarray, timings: Timings):
+        def compute():
+            with timings.section("vision_encode"):
+                return self.model.encode_image(image)
+
+        return self.cache.get_or_compute(key, "vision", compute)
+
+    def _prepare(self, image: np.ndarray, regions: list[Region], frame_key: str | None):
+        image = check_image(image, self.config.max_image_pixels)
+        size = image.shape[:2]
+        checked = [validate(r, size, self.config.max_points) for r in regions]
+        return image, size, checked, frame_key or image_key(image)
+
+    def _region_answers(self, image, size, regions, key, timings: Timings) -> list[RegionAnswer]:
+        """Mask, box and region text of each region (boxes/points through SAM when present)."""
+        rng = np.random.default_rng(self.config.seed)
+        answers = []
+        for region in regions:
+            with timings.section("segment"):
+                mask = region_mask(region, size, image=image, image_key=key, segmenter=self.segmenter)
+            pts = region_points(region, size, self.config.points_per_region, rng, mask=mask)
+            text = points_to_text(normalize_points(pts, size), self.config.rounding)
+            box = (
+                region_box(region, size) if isinstance(region, WholeImage) else _mask_or_region_box(mask, region, size)
+            )
+            answers.append(RegionAnswer(name=region.name, mask=mask, box=_box_list(box), region_text=text))
+        return answers
+
+    def _result(self, task: str, outputs, size, timings: Timings, **extra) -> TaskResult:
+        notes = []
+        if self.weights_random:
+            notes.append("RANDOM WEIGHTS: these outputs exercise the code path; they are not predictions")
+        elif not getattr(self.model, "trained_on_points", True):
+            notes.append("model never trained on region point text: answers ignore the region")
+        return TaskResult(
+            task=task,
+            outputs=outputs,
+            model=self.model.name,
+            weights_random=self.weights_random,
+            image_size=tuple(size),
+            timings_ms=timings.as_dict(),
+            notes=notes,
+            **extra,
+        )
+
+    def _text(self, text: str, what: str) -> str:
+        text = (text or "").strip()
+        if not text:
+            raise TaskError(f"{what} is empty")
+        if len(text) > self.config.max_text_chars:
+            raise TaskError(f"{what} has {len(text)} characters, more than the limit of {self.config.max_text_chars}")
+        return text
+
+    # -- tasks ----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def caption(
+        self,
+        image: np.ndarray,
+        regions: list[Region],
+        *,
+        frame_key: str | None = None,
+        max_new_tokens: int = 0,
+        num_beams: int = 0,
+    ) -> TaskResult:
+        """A caption per region (RegionVLM: region text to the Q-Former, empty LM prompt)."""
+        if not regions:
+            raise RegionError("caption needs at least one region")
+        timings = Timings()
+        with self.lock:
+            image, size, regions, key = self._prepare(image, regions, frame_key)
+            feats = self._features(key, image, timings)
+            answers = self._region_answers(image, size, regions, key, timings)
+            for ans in answers:
+                ans.text = self.model.generate(
+                    feats,
+                    [ans.region_text],
+                    "",
+                    timings=timings,
+                    max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+                    num_beams=num_beams or self.config.num_beams,
+                )
+            return self._result("caption", answers, size, timings)
+
+    @torch.inference_mode()
+    def ask(
+        self,
+        image: np.ndarray,
+        regions: list[Region],
+        question: str,
+        *,
+        frame_key: str | None = None,
+        max_new_tokens: int = 0,
+        num_beams: int = 0,
+    ) -> TaskResult:
+        """One answer about zero (whole image), one or several regions (``[0]: <Z0> ...``)."""
+        question = self._text(question, "the question")
+        timings = Timings()
+        with self.lock:
+            regions = regions or [WholeImage()]
+            image, size, regions, key = self._prepare(image, regions, frame_key)
+            feats = self._features(key, image, timings)
+            answers = self._region_answers(image, size, regions, key, timings)
+            text = self.model.generate(
+                feats,
+                [a.region_text for a in answers],
+                question,
+                timings=timings,
+                max_new_tokens=max_new_tokens or self.config.max_new_tokens,
+                num_beams=num_beams or self.config.num_beams,
+            )
+            for ans in answers:
+                ans.text = text
+            return self._result("ask", answers, size, timings)
+
+    @torch.inference_mode()
+    def classify(
+        self, image: np.ndarray, regions: list[Region], labels: list[str], *, frame_key: str | None = None
+    ) -> TaskResult:
+        """A label per region, always one of ``labels``: every label ranked by LM loss."""
+        labels = [lbl.strip() for lbl in labels if lbl and lbl.strip()]
+        if not labels:
+            raise TaskError("classify needs at least one candidate label")
+        if not regions:
+            raise RegionError("classify needs at least one region")
+        timings = Timings()
+        with self.lock:
+            image, size, regions, key = self._prepare(image, regions, frame_key)
+            feats = self._features(key, image, timings)
+            answers = self._region_answers(image, size, regions, key, timings)
+            for ans in answers:
+                losses = self.model.score_texts(
+                    feats,
+                    [ans.region_text] * len(labels),
+                    labels,
+                    batch_size=self.config.score_batch_size,
+                    timings=timings,
+                )
+                probs = torch.softmax(torch.from_numpy(-losses), dim=0).numpy()
+                order = np.argsort(-probs, kind="stable")
+                ans.labels = [labels[i] for i in order]
+                ans.label_scores = [round(float(probs[i]), 6) for i in order]
+                ans.label, ans.score = ans.labels[0], ans.label_scores[0]
+            return self._result("classify", answers, size, timings)
+
+    @torch.inference_mode()
+    def proposals(self, image: np.ndarray, key: str, timings: Timings) -> list[np.ndarray]:
+        """Filtered mask proposals of a frame, computed once per frame."""
+
+        def compute():
+            with timings.section("proposals"):
+                props = self.proposer.propose(key, image)
+                keep = filter_proposals(props.masks, props.scores, self.config.proposal_filter)
+                return [props.masks[i] for i in keep]
+
+        return self.cache.get_or_compute(key, "proposals", compute)
+
+    @torch.inference_mode()
+    def refer(self, image: np.ndarray, text: str, *, frame_key: str | None = None) -> TaskResult:
+        """The proposal that ``text`` refers to: lowest LM loss over point draws."""
+        text = self._text(text, "the referring expression")
+        timings = Timings()
+        with self.lock:
+            image, size, _, key = self._prepare(image, [], frame_key)
+            feats = self._features(key, image, timings)
+            masks = self.proposals(image, key, timings)
+            if not masks:
+                raise TaskError("no mask proposal survived filtering (>= 4% of the image, not along a border)")
+
+            def score_rows(region_texts: list[str]) -> np.ndarray:
+                return self.model.score_texts(
+                    feats, region_texts, text, batch_size=self.config.score_batch_size, timings=timings
+                )
+
+            outcome = refer_batched(
+                score_rows,
+                masks,
+                points_per_draw=self.config.points_per_region,
+                draws=self.config.refer_draws,
+                seed=self.config.seed,
+                rounding=self.config.rounding,
+            )
+            boxes = [_box_list(region_box_of_mask(m)) for m in masks]
+            sel = outcome.selected_index
+            answer = RegionAnswer(
+                text=text,
+                score=float(outcome.scores[sel]),
+                mask=masks[sel],
+                box=boxes[sel],
+                region_text=outcome.region_texts[sel * self.config.refer_draws],
+            )
+            return self._result(
+                "refer",
+                [answer],
+                size,
+                timings,
+                selected_index=sel,
+                candidate_scores=[round(float(s), 6) for s in outcome.scores],
+                candidate_boxes=boxes,
+                candidate_masks=list(masks),
+            )
+
+    def unload(self) -> None:
+        """Free the model and cached features (GPU memory back to the driver)."""
+        self.cache.clear()
+        self.model = None
+        self.segmenter = self.proposer = None
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+
+
+def region_box_of_mask(mask: np.ndarray) -> np.ndarray:
+    from .regions import mask_to_box
+
+    return mask_to_box(mask)
+
+
+def _mask_or_region_box(mask: np.ndarray, region: Region, size) -> np.ndarray:
+    return region_box_of_mask(mask) if mask.any() else region_box(region, size)

@@ -1,0 +1,220 @@
+"""RegionVLM on transformers' InstructBLIP: the region is text for the Q-Former.
+
+RegionVLM (arXiv 2403.18260) is BLIP-2 FlanT5-XL whose Q-Former also reads the region as
+text (K points, see :mod:`region_perception.region_text`); InstructBLIP's
+``qformer_input_ids`` is the same design, so the released weights map onto
+``InstructBlipForConditionalGeneration`` (see :mod:`.convert_regionvlm`).
+
+The model is split in three stages so that work is shared: the vision encoder runs once
+per image (:meth:`encode_image`), the Q-Former once per region text, and the language
+model once per batch of rows. :meth:`reference_loss` is the unsplit forward of
+transformers, used to check that the split gives the same numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..region_text import multi_region_prompt
+from ..timing import Timings
+
+
+@dataclass
+class ImageFeatures:
+    """Vision-encoder output of one image: computed once, reused by every query on it."""
+
+    image_embeds: torch.Tensor  # (1, patches, vision_hidden)
+    image_size: tuple[int, int]  # (height, width) of the original image
+
+    def nbytes(self) -> int:
+        return self.image_embeds.numel() * self.image_embeds.element_size()
+
+
+class RegionVLMModel:
+    """Caption, ask and score text for regions given as RegionVLM point text."""
+
+    def __init__(
+        self, model, processor, *, name: str, device: torch.device, weights_random: bool, trained_on_points: bool
+    ) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.qformer_tokenizer = processor.qformer_tokenizer
+        self.name = name
+        self.device = device
+        self.weights_random = weights_random
+        self.trained_on_points = trained_on_points
+        self.num_query_tokens = model.config.num_query_tokens
+        self.image_token_id = model.config.image_token_index
+        self.dtype = next(model.language_model.parameters()).dtype
+        # padding and unknown-word tokens are never a useful word of an answer
+        self._never_generate = [i for i in (self.tokenizer.pad_token_id, self.tokenizer.unk_token_id) if i is not None]
+
+    # -- stage 1: vision encoder, once per image ---------------------------------------
+    def pixel_values(self, image_rgb: np.ndarray) -> torch.Tensor:
+        pixels = self.processor.image_processor(images=image_rgb, return_tensors="pt").pixel_values
+        return pixels.to(self.device, self.model.vision_model.dtype)
+
+    @torch.inference_mode()
+    def encode_image(self, image_rgb: np.ndarray) -> ImageFeatures:
+        embeds = self.model.vision_model(pixel_values=self.pixel_values(image_rgb), return_dict=True)
+        return ImageFeatures(embeds.last_hidden_state, tuple(image_rgb.shape[:2]))
+
+    # -- stage 2: Q-Former reads the region text --------------------------------------
+    @torch.inference_mode()
+    def region_tokens(self, features: ImageFeatures, region_texts: Sequence[str]) -> torch.Tensor:
+        """Language-model input embeddings of each region: (R, num_query_tokens, lm_hidden)."""
+        enc = self.qformer_tokenizer(list(region_texts), padding=True, return_tensors="pt").to(self.device)
+        rows = len(region_texts)
+        image_embeds = features.image_embeds.expand(rows, -1, -1)
+        query_tokens = self.model.query_tokens.expand(rows, -1, -1)
+        query_mask = torch.ones(query_tokens.shape[:2], dtype=torch.long, device=self.device)
+        out = self.model.qformer(
+            input_ids=enc.input_ids,
+            attention_mask=torch.cat([query_mask, enc.attention_mask], dim=1),
+            query_embeds=query_tokens,
+            encoder_hidden_states=image_embeds,
+            encoder_attention_mask=torch.ones(image_embeds.shape[:2], dtype=torch.long, device=self.device),
+            return_dict=True,
+        )
+        return self.model.language_projection(out.last_hidden_state[:, : self.num_query_tokens, :])
+
+    # -- stage 3: the language model ----------------------------------------------------
+    def _ids(self, text: str, eos: bool) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=eos).input_ids if text or eos else []
+
+    def _prompt_embeds(self, region_tokens: torch.Tensor, pieces: Sequence[str]) -> torch.Tensor:
+        """Embeddings of ``piece0 <Z0> piece1 <Z1> ... last_piece`` for one row.
+
+        ``region_tokens`` is (regions, Q, hidden); ``pieces`` has regions + 1 strings, the
+        last one ended by EOS as the tokenizer does for a whole prompt.
+        """
+        ids: list[int] = []
+        for i in range(region_tokens.shape[0]):
+            ids += self._ids(pieces[i], eos=False) + [self.image_token_id] * self.num_query_tokens
+        ids += self._ids(pieces[-1], eos=True)
+        ids_t = torch.tensor([ids], device=self.device)
+        embeds = self.model.get_input_embeddings()(ids_t)
+        slots = (ids_t == self.image_token_id).unsqueeze(-1).expand_as(embeds)
+        return embeds.masked_scatter(slots, region_tokens.reshape(-1, embeds.shape[-1]).to(embeds.dtype))
+
+    @torch.inference_mode()
+    def generate(
+        self,
+        features: ImageFeatures,
+        region_texts: Sequence[str],
+        prompt: str = "",
+        *,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        timings: Timings | None = None,
+    ) -> str:
+        """One answer for the regions: one region -> ``<Z> prompt``; several -> ``[0]: <Z0> ... prompt``."""
+        timings = timings or Timings()
+        with timings.section("qformer"):
+            tokens = self.region_tokens(features, region_texts)
+        if len(region_texts) == 1:
+            pieces = ["", prompt]
+        else:
+            pieces = multi_region_prompt(len(region_texts), prompt)
+        embeds = self._prompt_embeds(tokens, pieces)
+        with timings.section("generation"):
+            out = self.model.language_model.generate(
+                inputs_embeds=embeds,
+                attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                min_new_tokens=1,
+                do_sample=False,
+                suppress_tokens=self._never_generate,
+            )
+        return self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
+
+    def _labels(self, texts: Sequence[str]) -> torch.Tensor:
+        enc = self.tokenizer(list(texts), padding=True, return_tensors="pt")
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        return labels.to(self.device)
+
+    def _row_losses(self, embeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of each row's labels; the LM head only sees labelled positions."""
+        lm = self.model.language_model
+        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device)
+        if hasattr(lm, "_shift_right") and hasattr(lm, "lm_head"):  # T5: skip the full-vocab logits
+            enc = lm.get_encoder()(inputs_embeds=embeds, attention_mask=mask, return_dict=True)
+            dec = lm.get_decoder()(
+                input_ids=lm._shift_right(labels),
+                encoder_hidden_states=enc.last_hidden_state,
+                encoder_attention_mask=mask,
+                return_dict=True,
+            ).last_hidden_state
+            if getattr(lm.config, "scale_decoder_outputs", False):
+                dec = dec * (lm.config.d_model**-0.5)
+            scored = labels != -100
+            token_loss = F.cross_entropy(lm.lm_head(dec[scored]).float(), labels[scored], reduction="none")
+        else:
+            logits = lm(inputs_embeds=embeds, attention_mask=mask, labels=labels, return_dict=True).logits
+            scored = labels != -100
+            token_loss = F.cross_entropy(logits[scored].float(), labels[scored], reduction="none")
+        rows = torch.nonzero(scored, as_tuple=True)[0]
+        sums = torch.zeros(labels.shape[0], device=self.device).index_add_(0, rows, token_loss)
+        return sums / scored.sum(dim=1).clamp(min=1)
+
+    @torch.inference_mode()
+    def score_texts(
+        self,
+        features: ImageFeatures,
+        region_texts: Sequence[str],
+        texts: Sequence[str] | str,
+        *,
+        batch_size: int = 32,
+        timings: Timings | None = None,
+    ) -> np.ndarray:
+        """Per-row language-model loss of ``texts[i]`` given region ``region_texts[i]``.
+
+        The captioning prompt is empty, as in RegionVLM's referring evaluation: lower loss
+        means the text describes the region better. Rows are scored in batches.
+        """
+        timings = timings or Timings()
+        if isinstance(texts, str):
+            texts = [texts] * len(region_texts)
+        if len(texts) != len(region_texts):
+            raise ValueError("score_texts needs one text per region text")
+        losses = []
+        for start in range(0, len(region_texts), batch_size):
+            chunk_regions = region_texts[start : start + batch_size]
+            with timings.section("qformer"):
+                tokens = self.region_tokens(features, chunk_regions)
+            with timings.section("lm_loss"):
+                prefix = self._prompt_embeds(tokens[:1], ["", ""])  # layout of one row
+                slots = self.num_query_tokens
+                embeds = prefix.expand(len(chunk_regions), -1, -1).clone()
+                embeds[:, :slots] = tokens.to(embeds.dtype)  # the image slots lead the row
+                labels = self._labels(texts[start : start + batch_size])
+                losses.append(self._row_losses(embeds, labels))
+        return torch.cat(losses).float().cpu().numpy()
+
+    @torch.inference_mode()
+    def reference_loss(self, image_rgb: np.ndarray, region_text: str, text: str) -> float:
+        """The unsplit procedure: transformers' full forward, vision encoder included.
+
+        This is what RegionVLM's released evaluation does for every proposal and draw.
+        """
+        q = self.qformer_tokenizer([region_text], return_tensors="pt").to(self.device)
+        ids = torch.tensor(
+            [[self.image_token_id] * self.num_query_tokens + self._ids("", eos=True)], device=self.device
+        )
+        out = self.model(
+            pixel_values=self.pixel_values(image_rgb),
+            qformer_input_ids=q.input_ids,
+            qformer_attention_mask=q.attention_mask,
+            input_ids=ids,
+            attention_mask=torch.ones_like(ids),
+            labels=self._labels([text]),
+            return_dict=True,
+        )
+        return float(out.loss)

@@ -1,0 +1,294 @@
+"""SAM as the segmenter: box/points -> mask, and automatic mask proposals.
+
+Two back-ends with one interface: ``segment-anything`` (its predictor and automatic mask
+generator; checkpoints are the released ``.pth`` files) and, when that package is absent,
+``transformers``' ``SamModel`` (Hugging Face ids such as ``facebook/sam-vit-base``).
+The image embedding of a frame is computed once and kept in the feature cache.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ..feature_cache import FeatureCache
+from .tiny import RANDOM_WEIGHTS_MARKER, mark_random
+
+
+@dataclass
+class Proposals:
+    masks: list[np.ndarray]  # boolean masks of the image
+    scores: list[float]  # the segmenter's own quality score (higher is better)
+
+
+class Segmenter(Protocol):
+    name: str
+    weights_random: bool
+
+    def segment(
+        self, image_key: str, image: np.ndarray, *, box: np.ndarray | None = None, points: np.ndarray | None = None
+    ) -> np.ndarray: ...
+
+    def propose(self, image_key: str, image: np.ndarray) -> Proposals: ...
+
+
+# -- segment-anything ------------------------------------------------------------------
+TINY_SAM_CONFIG = {
+    "img_size": 256,
+    "encoder_embed_dim": 32,
+    "encoder_depth": 2,
+    "encoder_num_heads": 2,
+    "global_attn_indexes": [1],
+    "window_size": 4,
+    "prompt_embed_dim": 32,
+    "decoder_mlp_dim": 64,
+    "decoder_heads": 2,
+    "iou_head_hidden_dim": 32,
+    # random weights: SAM's quality thresholds would reject every mask
+    "generator": {"points_per_side": 8, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0},
+}
+
+
+def build_sam_from_config(cfg: dict[str, Any]):
+    """A ``segment_anything`` Sam of any size, from a small JSON config."""
+    from functools import partial
+
+    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+
+    img, dim = cfg["img_size"], cfg["prompt_embed_dim"]
+    return Sam(
+        image_encoder=ImageEncoderViT(
+            depth=cfg["encoder_depth"],
+            embed_dim=cfg["encoder_embed_dim"],
+            img_size=img,
+            mlp_ratio=4,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=cfg["encoder_num_heads"],
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=tuple(cfg["global_attn_indexes"]),
+            window_size=cfg["window_size"],
+            out_chans=dim,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=dim, image_embedding_size=(img // 16, img // 16), input_image_size=(img, img), mask_in_chans=16
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(
+                depth=2, embedding_dim=dim, mlp_dim=cfg["decoder_mlp_dim"], num_heads=cfg["decoder_heads"]
+            ),
+            transformer_dim=dim,
+            iou_head_depth=3,
+            iou_head_hidden_dim=cfg["iou_head_hidden_dim"],
+        ),
+    ).eval()
+
+
+def build_tiny_sam(out: Path) -> Path:
+    """Tiny segment-anything SAM, random weights, saved as config.json + model.safetensors."""
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(4321)
+    sam = build_sam_from_config(TINY_SAM_CONFIG)
+    save_file({k: v.contiguous() for k, v in sam.state_dict().items()}, str(out / "model.safetensors"))
+    (out / "config.json").write_text(json.dumps(TINY_SAM_CONFIG, indent=1))
+    mark_random(out, "tiny-sam")
+    return out
+
+
+def load_segment_anything(spec: str, device: torch.device):
+    """``vit_b:/path/sam_vit_b_01ec64.pth`` (released weights) or a directory made by
+    :func:`build_tiny_sam`. Returns (sam, generator kwargs, weights_random)."""
+    from segment_anything import sam_model_registry
+
+    path = Path(spec)
+    if path.is_dir():
+        from safetensors.torch import load_file
+
+        cfg = json.loads((path / "config.json").read_text())
+        sam = build_sam_from_config(cfg)
+        sam.load_state_dict(load_file(str(path / "model.safetensors")))
+        return sam.to(device), cfg.get("generator", {}), (path / RANDOM_WEIGHTS_MARKER).exists()
+    model_type, _, checkpoint = spec.partition(":")
+    if model_type not in sam_model_registry or not checkpoint:
+        raise ValueError(
+            f"segment-anything model {spec!r}: expected TYPE:CHECKPOINT.pth with TYPE one of "
+            f"{sorted(k for k in sam_model_registry if k != 'default')}, or a model directory"
+        )
+    sam = sam_model_registry[model_type](checkpoint=None)
+    sam.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    return sam.to(device).eval(), {}, False
+
+
+class SegmentAnythingSegmenter:
+    """segment-anything's predictor and automatic mask generator over a cached embedding."""
+
+    def __init__(
+        self,
+        sam,
+        cache: FeatureCache,
+        *,
+        name: str,
+        weights_random: bool,
+        generator_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        from segment_anything import SamAutomaticMaskGenerator, SamPredictor
+
+        self.name = name
+        self.weights_random = weights_random
+        self.cache = cache
+        self.predictor = SamPredictor(sam)
+        self.generator = SamAutomaticMaskGenerator(sam, **(generator_kwargs or {}))
+        self.generator.predictor = self.predictor  # share the one (cached) embedding
+        self._key: tuple[str, tuple[int, ...]] | None = None
+        original_set_image = self.predictor.set_image
+
+        def set_image_cached(image: np.ndarray, image_format: str = "RGB") -> None:
+            # The generator calls set_image itself, once per crop: reuse the frame's
+            # embedding when the "crop" is the whole frame.
+            key = self._key
+            if key is not None and image.shape == key[1]:
+                hit = self.cache.get(key[0], "sam_embedding")
+                if hit is not None:
+                    self.predictor.reset_image()
+                    self.predictor.features, self.predictor.original_size, self.predictor.input_size = hit
+                    self.predictor.is_image_set = True
+                    return
+                original_set_image(image, image_format)
+                p = self.predictor
+                self.cache.put(key[0], "sam_embedding", (p.features, p.original_size, p.input_size))
+                return
+            original_set_image(image, image_format)
+
+        self.predictor.set_image = set_image_cached
+
+    @torch.inference_mode()
+    def _set(self, image_key: str, image: np.ndarray) -> None:
+        self._key = (image_key, image.shape)
+        self.predictor.set_image(image)
+
+    @torch.inference_mode()
+    def segment(
+        self, image_key: str, image: np.ndarray, *, box: np.ndarray | None = None, points: np.ndarray | None = None
+    ) -> np.ndarray:
+        self._set(image_key, image)
+        labels = None if points is None else np.ones(len(points), dtype=np.int64)
+        masks, scores, _ = self.predictor.predict(
+            point_coords=points, point_labels=labels, box=box, multimask_output=True
+        )
+        return masks[int(np.argmax(scores))].astype(bool)
+
+    @torch.inference_mode()
+    def propose(self, image_key: str, image: np.ndarray) -> Proposals:
+        self._key = (image_key, image.shape)
+        records = self.generator.generate(image)
+        return Proposals(
+            [r["segmentation"].astype(bool) for r in records], [float(r["predicted_iou"]) for r in records]
+        )
+
+
+# -- transformers SamModel ---------------------------------------------------------------
+class TransformersSamSegmenter:
+    """``transformers.SamModel``: the same interface when segment-anything is absent.
+
+    Proposals come from a grid of single-point prompts, best of SAM's three masks each,
+    de-duplicated by mask IoU.
+    """
+
+    def __init__(
+        self,
+        name_or_path: str,
+        cache: FeatureCache,
+        device: torch.device,
+        points_per_side: int = 8,
+        weights_random: bool | None = None,
+    ) -> None:
+        from transformers import SamModel, SamProcessor
+
+        self.name = name_or_path
+        self.model = SamModel.from_pretrained(name_or_path).to(device).eval()
+        self.processor = SamProcessor.from_pretrained(name_or_path)
+        self.cache = cache
+        self.device = device
+        self.points_per_side = points_per_side
+        local = Path(name_or_path)
+        self.weights_random = (local / RANDOM_WEIGHTS_MARKER).exists() if weights_random is None else weights_random
+
+    def _embedding(self, image_key: str, image: np.ndarray):
+        def compute():
+            inputs = self.processor(images=image, return_tensors="pt").to(self.device)
+            return self.model.get_image_embeddings(inputs["pixel_values"]), inputs
+
+        return self.cache.get_or_compute(image_key, "hf_sam_embedding", compute)
+
+    @torch.inference_mode()
+    def _masks(self, image_key: str, image: np.ndarray, **prompts) -> tuple[np.ndarray, np.ndarray]:
+        embedding, base = self._embedding(image_key, image)
+        inputs = self.processor(images=image, return_tensors="pt", **prompts).to(self.device)
+        inputs.pop("pixel_values", None)
+        out = self.model(image_embeddings=embedding, multimask_output=True, **inputs)
+        masks = self.processor.image_processor.post_process_masks(
+            out.pred_masks.cpu(), base["original_sizes"].cpu(), base["reshaped_input_sizes"].cpu()
+        )[0]
+        return masks.numpy().astype(bool), out.iou_scores.cpu().numpy()[0]
+
+    def segment(
+        self, image_key: str, image: np.ndarray, *, box: np.ndarray | None = None, points: np.ndarray | None = None
+    ) -> np.ndarray:
+        prompts: dict[str, Any] = {}
+        if box is not None:
+            prompts["input_boxes"] = [[[float(v) for v in box]]]
+        if points is not None:
+            prompts["input_points"] = [[[[float(x), float(y)] for x, y in points]]]
+            prompts["input_labels"] = [[[1] * len(points)]]
+        masks, scores = self._masks(image_key, image, **prompts)
+        return masks[0, int(np.argmax(scores[0]))]
+
+    def propose(self, image_key: str, image: np.ndarray) -> Proposals:
+        h, w = image.shape[:2]
+        n = self.points_per_side
+        grid = [[[(i + 0.5) * w / n, (j + 0.5) * h / n]] for j in range(n) for i in range(n)]
+        masks, scores = self._masks(image_key, image, input_points=[grid], input_labels=[[[1]] * len(grid)])
+        best = scores.argmax(axis=1)
+        cand = [(float(scores[i, b]), masks[i, b]) for i, b in enumerate(best) if masks[i, b].any()]
+        cand.sort(key=lambda c: -c[0])
+        kept: list[tuple[float, np.ndarray]] = []
+        for score, mask in cand:
+            if all((mask & k).sum() / max((mask | k).sum(), 1) < 0.7 for _, k in kept):
+                kept.append((score, mask))
+        return Proposals([m for _, m in kept], [s for s, _ in kept])
+
+
+# -- superpixels: a proposal source that needs no learned weights -----------------------
+class SuperpixelProposer:
+    """Felzenszwalb graph segments of the image as proposals (scikit-image).
+
+    For CPU-only or random-weight runs: a SAM with random weights returns one uniform mask
+    for every prompt, which leaves nothing to score. Segments are not objects, but they
+    are real regions of the image, and the referring pipeline runs on them unchanged.
+    """
+
+    name = "superpixels"
+    weights_random = False
+
+    def __init__(self, cache: FeatureCache, scale: float = 400.0, min_area_fraction: float = 0.01) -> None:
+        self.cache = cache
+        self.scale = scale
+        self.min_area_fraction = min_area_fraction
+
+    def propose(self, image_key: str, image: np.ndarray) -> Proposals:
+        from skimage.segmentation import felzenszwalb
+
+        min_size = max(1, int(self.min_area_fraction * image.shape[0] * image.shape[1]))
+        labels = felzenszwalb(image, scale=self.scale, sigma=0.8, min_size=min_size)
+        masks = [labels == i for i in range(labels.max() + 1)]
+        return Proposals(masks, [float(m.mean()) for m in masks])  # larger segments first

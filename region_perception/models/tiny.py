@@ -1,0 +1,171 @@
+"""Tiny models built offline from configs with RANDOM weights.
+
+No model hub is reachable where this project is developed and tested, so the tests and
+the demo's fallback use small models of the real architectures, with random weights and
+locally made tokenizers, saved to disk and loaded back through the same
+``from_pretrained`` code path as released weights. Their words mean nothing; every
+output they make is flagged ``weights_random``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS"  # a file in a model directory: its weights are random
+TINY_VERSION = "1"  # bump when a tiny model's recipe changes: cached builds are then rebuilt
+_SEED = 1234
+
+# Words for the tiny tokenizers: enough that random generations decode into words.
+_WORDS = sorted(
+    set(
+        """
+a an the of on in at with and to is are was it this that there what where which who how many
+man woman person people child boy girl dog cat bird horse car bus truck bicycle motorcycle
+airplane train boat cup bottle glass plate bowl table chair couch bed tv laptop phone book
+clock vase plant tree sky grass road street building wall window door water snow sand
+red green blue yellow white black brown orange pink purple gray small large big left right
+top bottom front back middle near next sitting standing holding wearing looking walking
+shirt hat helmet flag suit astronaut rocket coffee camera picture image region object thing
+yes no one two three four five
+""".split()
+    )
+)
+
+
+def is_current_tiny(path: Path) -> bool:
+    """A tiny model directory built by this version's recipe."""
+    marker = Path(path) / RANDOM_WEIGHTS_MARKER
+    return marker.exists() and f"recipe {TINY_VERSION})" in marker.read_text()
+
+
+def cache_dir() -> Path:
+    """Where tiny models are built: $REGION_PERCEPTION_CACHE or ~/.cache/region_perception."""
+    root = os.environ.get("REGION_PERCEPTION_CACHE") or Path.home() / ".cache" / "region_perception"
+    return Path(root)
+
+
+def _word_level_tokenizer(kind: str):
+    """A small WordLevel tokenizer, BERT-style (Q-Former) or T5-style (language model)."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    numbers = [str(i) for i in range(101)]
+    punct = list("[]:?.,!'\"-()")
+    if kind == "bert":
+        specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    else:
+        specials = ["<pad>", "</s>", "<unk>"]
+    vocab = {tok: i for i, tok in enumerate(specials + _WORDS + numbers + punct)}
+    unk = "[UNK]" if kind == "bert" else "<unk>"
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token=unk))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace()])
+    if kind == "bert":
+        tok.post_processor = processors.TemplateProcessing(
+            single="[CLS] $A [SEP]",
+            pair="[CLS] $A [SEP] $B [SEP]",
+            special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])],
+        )
+        return PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            unk_token="[UNK]",
+            pad_token="[PAD]",
+            cls_token="[CLS]",
+            sep_token="[SEP]",
+            mask_token="[MASK]",
+        )
+    tok.post_processor = processors.TemplateProcessing(
+        single="$A </s>",
+        pair="$A </s> $B </s>",
+        special_tokens=[("</s>", vocab["</s>"])],
+    )
+    from tokenizers import decoders
+
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
+    return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+
+
+def mark_random(out: Path, what: str) -> None:
+    (out / RANDOM_WEIGHTS_MARKER).write_text(
+        f"{what}: built offline from a config with RANDOM weights (seed {_SEED}, recipe {TINY_VERSION}).\n"
+        "Its outputs exercise the code path; they are not predictions.\n"
+    )
+
+
+def build_tiny_regionvlm(
+    out: Path,
+    *,
+    image_size: int = 112,
+    hidden: int = 64,
+    vision_layers: int = 2,
+    qformer_layers: int = 2,
+    lm_layers: int = 2,
+    num_query_tokens: int = 8,
+) -> Path:
+    """A small InstructBLIP + T5 (RegionVLM's architecture) with random weights."""
+    from transformers import (
+        BlipImageProcessor,
+        InstructBlipConfig,
+        InstructBlipForConditionalGeneration,
+        InstructBlipProcessor,
+        InstructBlipQFormerConfig,
+        InstructBlipVisionConfig,
+        T5Config,
+    )
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(_SEED)
+    lm_tok = _word_level_tokenizer("t5")
+    q_tok = _word_level_tokenizer("bert")
+    image_processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
+    processor = InstructBlipProcessor(
+        image_processor=image_processor, tokenizer=lm_tok, qformer_tokenizer=q_tok, num_query_tokens=num_query_tokens
+    )
+    image_token_id = lm_tok.convert_tokens_to_ids("<image>")
+    config = InstructBlipConfig(
+        vision_config=InstructBlipVisionConfig(
+            hidden_size=hidden,
+            intermediate_size=hidden * 2,
+            num_hidden_layers=vision_layers,
+            num_attention_heads=4,
+            image_size=image_size,
+            patch_size=16,
+        ).to_dict(),
+        qformer_config=InstructBlipQFormerConfig(
+            vocab_size=len(q_tok),
+            hidden_size=hidden,
+            num_hidden_layers=qformer_layers,
+            num_attention_heads=4,
+            intermediate_size=hidden * 2,
+            encoder_hidden_size=hidden,
+            pad_token_id=q_tok.pad_token_id,
+            max_position_embeddings=128,
+        ).to_dict(),
+        text_config=T5Config(
+            vocab_size=len(lm_tok),
+            d_model=hidden,
+            d_kv=16,
+            d_ff=hidden * 2,
+            num_layers=lm_layers,
+            num_decoder_layers=lm_layers,
+            num_heads=4,
+            pad_token_id=lm_tok.pad_token_id,
+            eos_token_id=lm_tok.eos_token_id,
+            decoder_start_token_id=lm_tok.pad_token_id,
+            bos_token_id=lm_tok.pad_token_id,
+            tie_word_embeddings=False,
+        ).to_dict(),
+        num_query_tokens=num_query_tokens,
+        image_token_index=image_token_id,
+    )
+    model = InstructBlipForConditionalGeneration(config).eval()
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    mark_random(out, "tiny-regionvlm")
+    (out / "region_perception.json").write_text(json.dumps({"regionvlm_points": True}))
+    return out
