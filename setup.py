@@ -18,6 +18,10 @@ setup(
     entry_points={
         "console_scripts": [
             "region-perception=region_perception.cli:main",
+            "region-perception-node=region_perception.ros.node:main",
+            "region-perception-camera=region_perception.ros.camera:main",
+            "region-perception-query=region_perception.ros.query_tool:main",
+            "region-perception-demo=region_perception.ros.demo:main",
         ],
     },
 )

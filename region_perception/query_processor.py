@@ -1,0 +1,322 @@
+"""Queries in, exactly one outcome out: the node's logic without ROS.
+
+The ROS node converts messages to :class:`QuerySpec` and outcomes back to messages; all
+decisions (which frame, queue full, deadline, which error status) are made here, where
+they can be tested without a middleware. Callbacks never block on the model: ``submit``
+only resolves the frame and enqueues; one worker thread runs the engine.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .engine import ImageError, RegionEngine, TaskError, TaskResult
+from .frame_buffer import Frame, FrameBuffer, FrameLookupError
+from .regions import Region, RegionError
+from .status import Status, Task
+
+log = logging.getLogger("region_perception")
+
+
+@dataclass
+class QuerySpec:
+    """A region query, independent of ROS messages."""
+
+    query_id: str = ""
+    task: int = Task.CAPTION
+    stamp_ns: int = 0  # the camera frame the query is about; 0 = latest
+    regions: list[Region] = field(default_factory=list)
+    text: str = ""
+    labels: list[str] = field(default_factory=list)
+    rank_labels: bool = False
+    max_new_tokens: int = 0
+    num_beams: int = 0
+    timeout_s: float = 0.0
+    frame: Frame | None = None  # an image sent with the query (service) instead of the buffer
+    context: Any = None  # the adapter's own data (e.g. the original message), passed through
+
+
+@dataclass
+class Outcome:
+    """The one answer to a query."""
+
+    query_id: str
+    task: int
+    status: Status
+    error: str = ""
+    result: TaskResult | None = None
+    frame: Frame | None = None
+    queue_ms: float = 0.0
+    inference_ms: float = 0.0
+    latency_ms: float = 0.0
+    spec: QuerySpec | None = None
+
+
+class _Job:
+    """A query in flight; ``finish`` delivers its outcome once, whoever calls it first."""
+
+    def __init__(self, spec: QuerySpec, frame: Frame | None, deliver: Callable[[Outcome], None]) -> None:
+        self.spec = spec
+        self.frame = frame
+        self.received = time.monotonic()
+        self.deadline = self.received + spec.timeout_s if spec.timeout_s > 0 else None
+        self._deliver = deliver
+        self._done = False
+        self._lock = threading.Lock()
+
+    def finish(self, outcome: Outcome) -> bool:
+        with self._lock:
+            if self._done:
+                return False
+            self._done = True
+        outcome.latency_ms = (time.monotonic() - self.received) * 1000.0
+        outcome.spec = self.spec
+        outcome.frame = outcome.frame or self.frame
+        self._deliver(outcome)
+        return True
+
+
+class QueryProcessor:
+    """Bounded queue + one inference worker over a :class:`RegionEngine`."""
+
+    def __init__(
+        self,
+        engine: RegionEngine | None,
+        frames: FrameBuffer,
+        deliver: Callable[[Outcome], None],
+        *,
+        queue_size: int = 8,
+        default_labels: list[str] | None = None,
+        default_timeout_s: float = 0.0,
+        frame_wait_s: float = 0.5,
+    ) -> None:
+        self.engine = engine
+        self.frames = frames
+        self.deliver = deliver
+        self.default_labels = default_labels or []
+        self.default_timeout_s = default_timeout_s
+        self.frame_wait_s = frame_wait_s
+        # queries whose frame is newer than any buffered one: it may still be on its way
+        self._awaiting: list[tuple[_Job, float]] = []
+        self._awaiting_lock = threading.Lock()
+        self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max(1, queue_size))
+        self._pending: dict[int, _Job] = {}
+        self._pending_lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._stopping = False
+        self._worker: threading.Thread | None = None
+        # figures for diagnostics
+        self.answered: dict[Status, int] = dict.fromkeys(Status, 0)
+        self.latencies_ms: deque[float] = deque(maxlen=200)
+        self.inference_ms: deque[float] = deque(maxlen=200)
+        self.consecutive_model_errors = 0
+
+    # -- lifecycle --------------------------------------------------------------------------
+    def start(self) -> None:
+        if self._worker is None:
+            self._stopping = False
+            self._worker = threading.Thread(target=self._run, name="region-inference", daemon=True)
+            self._worker.start()
+
+    def stop(self, reason: str = "the node is shutting down") -> None:
+        """Answer everything still pending with SHUTTING_DOWN and stop the worker."""
+        self._stopping = True
+        with self._awaiting_lock:
+            waiting, self._awaiting = self._awaiting, []
+        for job in self._take_all_pending() + [j for j, _ in waiting]:
+            job.finish(Outcome(job.spec.query_id, job.spec.task, Status.SHUTTING_DOWN, reason))
+        if self._worker is not None:
+            try:
+                self._queue.put_nowait(None)
+            except queue.Full:
+                pass
+            self._worker.join(timeout=30)
+            self._worker = None
+
+    @property
+    def depth(self) -> int:
+        return self._queue.qsize()
+
+    # -- intake (called from ROS callbacks: never blocks) -------------------------------------
+    def submit(self, spec: QuerySpec) -> None:
+        """Accept a query; its outcome is delivered later (or now, for immediate errors)."""
+        if not spec.query_id:
+            spec.query_id = f"auto-{next(self._ids)}"
+        if spec.timeout_s <= 0 and self.default_timeout_s > 0:
+            spec.timeout_s = self.default_timeout_s
+        frame = spec.frame
+        job = _Job(spec, frame, self._count_and_deliver)
+        if self._stopping:
+            job.finish(Outcome(spec.query_id, spec.task, Status.SHUTTING_DOWN, "the node is shutting down"))
+            return
+        if spec.task not in {t.value for t in Task}:
+            job.finish(
+                Outcome(spec.query_id, spec.task, Status.INVALID_QUERY, f"unknown task {spec.task}: expected 0..3")
+            )
+            return
+        if frame is None:
+            try:
+                job.frame = self.frames.find(spec.stamp_ns)  # resolved now: eviction can't lose it later
+            except FrameLookupError as exc:
+                if exc.not_yet and self.frame_wait_s > 0:
+                    # the query overtook its frame on the wire: wait for the frame a little
+                    with self._awaiting_lock:
+                        self._awaiting.append((job, time.monotonic() + self.frame_wait_s))
+                    return
+                status = Status.NO_FRAME if exc.no_frame else Status.FRAME_EXPIRED
+                job.finish(Outcome(spec.query_id, spec.task, status, str(exc)))
+                return
+        self._enqueue(job)
+
+    def frame_arrived(self) -> None:
+        """Retry queries waiting for a frame newer than the buffer (call after each frame)."""
+        if not self._awaiting:
+            return
+        now = time.monotonic()
+        with self._awaiting_lock:
+            waiting, self._awaiting = self._awaiting, []
+        for job, give_up in waiting:
+            try:
+                job.frame = self.frames.find(job.spec.stamp_ns)
+            except FrameLookupError as exc:
+                if exc.not_yet and now < give_up:
+                    with self._awaiting_lock:
+                        self._awaiting.append((job, give_up))
+                else:
+                    status = Status.NO_FRAME if exc.no_frame else Status.FRAME_EXPIRED
+                    job.finish(Outcome(job.spec.query_id, job.spec.task, status, str(exc)))
+                continue
+            self._enqueue(job)
+
+    def _enqueue(self, job: _Job) -> None:
+        spec = job.spec
+        with self._pending_lock:
+            self._pending[id(job)] = job
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            self._forget(job)
+            job.finish(
+                Outcome(
+                    spec.query_id,
+                    spec.task,
+                    Status.QUEUE_FULL,
+                    f"{self._queue.maxsize} queries are already waiting; retry later or raise queue_size",
+                )
+            )
+
+    def expire_overdue(self) -> int:
+        """Answer TIMEOUT for queued queries whose deadline passed (call periodically)."""
+        self.frame_arrived()  # also gives up on frames that never came
+        now = time.monotonic()
+        with self._pending_lock:
+            overdue = [j for j in self._pending.values() if j.deadline is not None and now > j.deadline]
+        for job in overdue:
+            job.finish(
+                Outcome(
+                    job.spec.query_id,
+                    job.spec.task,
+                    Status.TIMEOUT,
+                    f"not answered within its {job.spec.timeout_s:g} s deadline ({self.depth} queries queued)",
+                    queue_ms=(now - job.received) * 1000.0,
+                )
+            )
+        return len(overdue)
+
+    # -- worker -------------------------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            self._forget(job)
+            if self._stopping:
+                job.finish(Outcome(job.spec.query_id, job.spec.task, Status.SHUTTING_DOWN, "the node is shutting down"))
+                continue
+            started = time.monotonic()
+            queue_ms = (started - job.received) * 1000.0
+            if job.deadline is not None and started > job.deadline:
+                job.finish(
+                    Outcome(
+                        job.spec.query_id,
+                        job.spec.task,
+                        Status.TIMEOUT,
+                        f"waited {queue_ms:.0f} ms in the queue, past its {job.spec.timeout_s:g} s deadline",
+                        queue_ms=queue_ms,
+                    )
+                )
+                continue
+            try:
+                outcome = self.answer(job.spec, job.frame)
+            except Exception as exc:  # the worker must survive anything the model does
+                log.exception("query %s failed", job.spec.query_id)
+                outcome = Outcome(job.spec.query_id, job.spec.task, Status.MODEL_ERROR, f"{type(exc).__name__}: {exc}")
+            outcome.queue_ms = queue_ms
+            outcome.inference_ms = (time.monotonic() - started) * 1000.0
+            job.finish(outcome)
+
+    def answer(self, spec: QuerySpec, frame: Frame) -> Outcome:
+        """Run one query on its frame; errors become statuses (model faults propagate)."""
+
+        def fail(status: Status, error: str) -> Outcome:
+            return Outcome(spec.query_id, spec.task, status, error, frame=frame)
+
+        if self.engine is None:
+            return fail(Status.MODEL_ERROR, "the model is not loaded (node not active)")
+        try:
+            image = frame.image()
+        except (ValueError, ImageError) as exc:
+            return fail(Status.BAD_IMAGE, str(exc))
+        try:
+            result = self._run_task(spec, image, frame.key)
+        except (RegionError, TaskError) as exc:
+            return fail(Status.INVALID_QUERY, str(exc))
+        except ImageError as exc:
+            return fail(Status.BAD_IMAGE, str(exc))
+        return Outcome(spec.query_id, spec.task, Status.OK, "", result=result, frame=frame)
+
+    def _run_task(self, spec: QuerySpec, image: np.ndarray, key: str) -> TaskResult:
+        engine = self.engine
+        gen = {"max_new_tokens": spec.max_new_tokens, "num_beams": spec.num_beams}
+        if spec.task == Task.CAPTION:
+            return engine.caption(image, spec.regions, frame_key=key, **gen)
+        if spec.task == Task.ASK:
+            return engine.ask(image, spec.regions, spec.text, frame_key=key, **gen)
+        if spec.task == Task.CLASSIFY:
+            return engine.classify(image, spec.regions, spec.labels or self.default_labels, frame_key=key)
+        return engine.refer(image, spec.text, frame_key=key)
+
+    # -- bookkeeping ----------------------------------------------------------------------------
+    def _forget(self, job: _Job) -> None:
+        with self._pending_lock:
+            self._pending.pop(id(job), None)
+
+    def _take_all_pending(self) -> list[_Job]:
+        with self._pending_lock:
+            jobs = list(self._pending.values())
+            self._pending.clear()
+        return jobs
+
+    def _count_and_deliver(self, outcome: Outcome) -> None:
+        self.answered[outcome.status] += 1
+        self.latencies_ms.append(outcome.latency_ms)
+        if outcome.status == Status.OK:
+            self.inference_ms.append(outcome.inference_ms)
+        if outcome.status == Status.MODEL_ERROR:
+            self.consecutive_model_errors += 1
+        elif outcome.status == Status.OK:
+            self.consecutive_model_errors = 0
+        try:
+            self.deliver(outcome)
+        except Exception:  # a failing publisher must not kill the worker
+            log.exception("delivering the outcome of %s failed", outcome.query_id)

@@ -1,0 +1,136 @@
+"""``region-perception-camera``: publish frames from an image, a folder or a video.
+
+With no source it publishes real photographs bundled with scikit-image (astronaut, coffee,
+cat, rocket), so a demo needs no camera and no download.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import cv2
+import numpy as np
+import rclpy
+from rclpy.utilities import remove_ros_args
+from rclpy.executors import ExternalShutdownException
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+
+from .image_conversion import array_to_image_msg
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+BUNDLED = ("astronaut", "coffee", "chelsea", "rocket")
+
+
+def bundled_photos() -> list[tuple[str, np.ndarray]]:
+    from skimage import data
+
+    return [(name, getattr(data, name)()) for name in BUNDLED]
+
+
+def frames_from(source: str | None, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
+    """(name, RGB frame) pairs from the source, forever when ``loop``."""
+    while True:
+        if source is None:
+            yield from bundled_photos()
+        else:
+            path = Path(source)
+            if path.is_dir():
+                files = sorted(p for p in path.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+                if not files:
+                    raise FileNotFoundError(f"{path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
+                for f in files:
+                    bgr = cv2.imread(str(f), cv2.IMREAD_COLOR)
+                    if bgr is not None:
+                        yield f.name, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            elif path.suffix.lower() in IMAGE_SUFFIXES:
+                bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+                if bgr is None:
+                    raise FileNotFoundError(f"{path}: not an image OpenCV can read")
+                yield path.name, cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+            else:
+                cap = cv2.VideoCapture(str(path))
+                if not cap.isOpened():
+                    raise FileNotFoundError(f"{path}: not an image, folder or video OpenCV can open")
+                index = 0
+                while True:
+                    ok, bgr = cap.read()
+                    if not ok:
+                        break
+                    yield f"{path.name}#{index}", cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                    index += 1
+                cap.release()
+        if not loop:
+            return
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="region-perception-camera", description=__doc__.splitlines()[0])
+    p.add_argument("--source", help="image file, folder of images or video (default: bundled photos)")
+    p.add_argument("--rate", type=float, default=2.0, help="frames per second")
+    p.add_argument("--topic", default="image")
+    p.add_argument("--frame-id", default="camera_optical_frame")
+    p.add_argument("--encoding", choices=["rgb8", "bgr8"], default="rgb8")
+    p.add_argument("--width", type=int, default=0, help="resize to this width (keeps aspect unless --height)")
+    p.add_argument("--height", type=int, default=0)
+    p.add_argument("--once", action="store_true", help="publish the source once, then exit")
+    p.add_argument("--count", type=int, default=0, help="stop after this many frames (0 = no limit)")
+    p.add_argument("--reliable", action="store_true", help="reliable QoS (default best-effort, depth 1)")
+    return p
+
+
+def resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
+    if not width and not height:
+        return frame
+    h, w = frame.shape[:2]
+    width = width or int(round(w * height / h))
+    height = height or int(round(h * width / w))
+    return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv if argv is None else [sys.argv[0], *argv])
+    args = build_parser().parse_args(remove_ros_args(argv)[1:])
+    rclpy.init(args=argv)
+    node = rclpy.create_node("region_perception_camera")
+    qos = QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=1 if not args.reliable else 5,
+        reliability=ReliabilityPolicy.RELIABLE if args.reliable else ReliabilityPolicy.BEST_EFFORT,
+    )
+    pub = node.create_publisher(Image, args.topic, qos)
+    period = 1.0 / args.rate if args.rate > 0 else 0.0
+    sent = 0
+    try:
+        for name, frame in frames_from(args.source, loop=not args.once):
+            frame = resize(frame, args.width, args.height)
+            data = frame if args.encoding == "rgb8" else cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+            msg = array_to_image_msg(data, args.encoding)
+            msg.header.stamp = node.get_clock().now().to_msg()
+            msg.header.frame_id = args.frame_id
+            pub.publish(msg)
+            sent += 1
+            node.get_logger().debug(f"published {name} ({frame.shape[1]}x{frame.shape[0]})")
+            if args.count and sent >= args.count:
+                break
+            deadline = time.monotonic() + period
+            while time.monotonic() < deadline:
+                rclpy.spin_once(node, timeout_sec=max(0.0, deadline - time.monotonic()))
+    except FileNotFoundError as exc:
+        print(f"region-perception-camera: error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

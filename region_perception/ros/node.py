@@ -1,0 +1,399 @@
+"""The ``region_perception`` ROS 2 node: a thin adapter over the region engine.
+
+Subscribes ``image`` (or ``image/compressed``) and ``region_queries``; serves ``~/query``;
+publishes ``region_results``, ``~/overlay``, ``~/markers`` and ``/diagnostics``. It is a
+lifecycle node: configure creates the interfaces, activate loads the model, deactivate
+frees it (GPU memory included); by default it configures and activates itself at start.
+Camera and query callbacks never run the model: a worker thread does, behind a bounded
+queue, and every query gets exactly one RegionResult.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import sys
+import threading
+import time
+
+import numpy as np
+import rclpy
+from rcl_interfaces.msg import ParameterDescriptor
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.duration import Duration
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CompressedImage, Image
+from visualization_msgs.msg import Marker, MarkerArray
+
+from region_perception.msg import RegionQuery, RegionResult
+from region_perception.srv import QueryRegions
+
+from ..config_file import read_vocabulary
+from ..engine import EngineConfig, RegionEngine
+from ..frame_buffer import Frame, FrameBuffer
+from ..overlay import draw_overlay
+from ..query_processor import Outcome, QueryProcessor
+from ..regions import RegionError
+from ..status import Status
+from .image_conversion import array_to_image_msg, compressed_msg_to_rgb, image_msg_to_rgb
+from .messages import result_msg, spec_from_query
+
+# name -> (default, description); every one is documented in config/default.yaml
+PARAMETERS: dict[str, tuple[object, str]] = {
+    "model": ("tiny-regionvlm", "registry name, Hugging Face id or local directory"),
+    "segmenter": ("tiny-sam", "SAM for box/point -> mask: tiny-sam, vit_b:/path.pth, HF id, or none"),
+    "segmenter_backend": ("sam", "sam (segment-anything) or hf-sam (transformers SamModel)"),
+    "proposals": ("superpixels", "REFER proposals: sam or superpixels"),
+    "device": ("auto", "auto | cuda | cuda:N | cpu"),
+    "dtype": ("auto", "auto | float32 | float16 | bfloat16"),
+    "trust_remote_code": (False, "allow model repositories to run their own code"),
+    "feature_cache_frames": (4, "frames whose features are kept"),
+    "frame_buffer_size": (30, "recent camera frames kept for stamped queries"),
+    "stamp_tolerance_s": (0.05, "a query stamp matches a frame within this many seconds"),
+    "frame_wait_s": (0.5, "a query stamped after the newest frame waits this long for its frame"),
+    "queue_size": (8, "queries waiting for the model; more are answered QUEUE_FULL"),
+    "default_timeout_s": (0.0, "deadline for queries without one (0 = none)"),
+    "service_timeout_s": (120.0, "longest a ~/query call waits"),
+    "default_vocabulary": ("coco80", "CLASSIFY labels when a query gives none: name or file"),
+    "points_per_region": (10, "RegionVLM's K points per region"),
+    "refer_draws": (5, "point draws per proposal when scoring REFER"),
+    "seed": (0, "point sampling seed"),
+    "max_new_tokens": (30, "generation length when a query gives 0"),
+    "num_beams": (1, "beam search width when a query gives 0"),
+    "max_image_pixels": (4096 * 4096, "larger frames are refused (BAD_IMAGE)"),
+    "use_overlay": (True, "publish ~/overlay (only computed while someone subscribes)"),
+    "publish_masks": (True, "include masks in RegionResult"),
+    "marker_lifetime_s": (5.0, "how long rviz shows a caption marker"),
+    "marker_depth_m": (2.0, "markers are placed this far along the pixel's ray (no depth is used)"),
+    "marker_hfov_deg": (60.0, "assumed horizontal field of view for placing markers"),
+    "image_reliability": ("best_effort", "QoS of the image subscription: best_effort or reliable"),
+    "image_qos_depth": (1, "QoS history depth of the image subscription"),
+    "use_compressed": (False, "subscribe image/compressed instead of image"),
+    "auto_activate": (True, "configure and activate at start"),
+    "diagnostics_period_s": (1.0, "how often /diagnostics is published"),
+}
+
+
+def _percentile(values, q: float) -> float:
+    return float(np.percentile(list(values), q)) if values else 0.0
+
+
+class RegionPerceptionNode(LifecycleNode):
+    def __init__(self, **kwargs) -> None:
+        super().__init__("region_perception", **kwargs)
+        for name, (default, description) in PARAMETERS.items():
+            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+        self.engine: RegionEngine | None = None
+        self.processor: QueryProcessor | None = None
+        self.frames: FrameBuffer | None = None
+        self._active = False
+        self._marker_ids = itertools.count()
+        self._service_ids = itertools.count()
+        self._fast = MutuallyExclusiveCallbackGroup()
+        self._slow = ReentrantCallbackGroup()
+        self._created = []
+        self._image_times: list[float] = []
+        self.overlays_drawn = 0  # diagnostics: overlays are drawn only while someone subscribes
+
+    def p(self, name: str):
+        return self.get_parameter(name).value
+
+    # -- lifecycle -----------------------------------------------------------------------------
+    def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.frames = FrameBuffer(int(self.p("frame_buffer_size")), float(self.p("stamp_tolerance_s")))
+        try:
+            labels = read_vocabulary(str(self.p("default_vocabulary")))
+        except FileNotFoundError as exc:
+            self.get_logger().error(str(exc))
+            return TransitionCallbackReturn.FAILURE
+        self.processor = QueryProcessor(
+            None,
+            self.frames,
+            self._deliver,
+            queue_size=int(self.p("queue_size")),
+            default_labels=labels,
+            default_timeout_s=float(self.p("default_timeout_s")),
+            frame_wait_s=float(self.p("frame_wait_s")),
+        )
+        self.results_pub = self.create_publisher(RegionResult, "region_results", 10)
+        self.overlay_pub = self.create_publisher(Image, "~/overlay", 2)
+        self.markers_pub = self.create_publisher(MarkerArray, "~/markers", 10)
+        self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        image_qos = QoSProfile(
+            history=HistoryPolicy.KEEP_LAST,
+            depth=int(self.p("image_qos_depth")),
+            reliability=ReliabilityPolicy.RELIABLE
+            if self.p("image_reliability") == "reliable"
+            else ReliabilityPolicy.BEST_EFFORT,
+        )
+        if self.p("use_compressed"):
+            self.image_sub = self.create_subscription(
+                CompressedImage, "image/compressed", self._on_compressed, image_qos, callback_group=self._fast
+            )
+        else:
+            self.image_sub = self.create_subscription(Image, "image", self._on_image, image_qos, callback_group=self._fast)
+        self.query_sub = self.create_subscription(
+            RegionQuery, "region_queries", self._on_query, 50, callback_group=self._fast
+        )
+        self.query_srv = self.create_service(QueryRegions, "~/query", self._on_service, callback_group=self._slow)
+        self.expiry_timer = self.create_timer(0.1, self._expire, callback_group=self._fast)
+        self.diag_timer = self.create_timer(float(self.p("diagnostics_period_s")), self._publish_diagnostics)
+        self.get_logger().info("configured")
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        config = EngineConfig.from_dict({k: self.p(k) for k in EngineConfig.__dataclass_fields__ if k in PARAMETERS})
+        started = time.monotonic()
+        try:
+            self.engine = RegionEngine.load(config)
+        except Exception as exc:  # a bad model name must not kill the node: it stays inactive
+            self.get_logger().error(f"could not load model {config.model!r}: {exc}")
+            return TransitionCallbackReturn.FAILURE
+        self.processor.engine = self.engine
+        self.processor.start()
+        self._active = True
+        flag = " with RANDOM WEIGHTS (outputs are not predictions)" if self.engine.weights_random else ""
+        self.get_logger().info(
+            f"active: model {self.engine.model.name} on {self.engine.model.device}{flag}, "
+            f"loaded in {time.monotonic() - started:.1f} s"
+        )
+        return super().on_activate(state)
+
+    def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._unload("the node was deactivated")
+        return super().on_deactivate(state)
+
+    def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._unload("the node was cleaned up")
+        for entity in (self.image_sub, self.query_sub):
+            self.destroy_subscription(entity)
+        self.destroy_service(self.query_srv)
+        for timer in (self.expiry_timer, self.diag_timer):
+            self.destroy_timer(timer)
+        for pub in (self.results_pub, self.overlay_pub, self.markers_pub, self.diag_pub):
+            self.destroy_publisher(pub)
+        return TransitionCallbackReturn.SUCCESS
+
+    def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self._unload("the node is shutting down")
+        return TransitionCallbackReturn.SUCCESS
+
+    def _unload(self, reason: str) -> None:
+        self._active = False
+        if self.processor is not None:
+            self.processor.stop(reason)
+            self.processor.engine = None
+        if self.engine is not None:
+            self.engine.unload()  # frees cached features; torch.cuda.empty_cache() on GPU
+            self.engine = None
+
+    # -- intake --------------------------------------------------------------------------------
+    def _on_image(self, msg: Image) -> None:
+        max_pixels = int(self.p("max_image_pixels"))
+        self._add_frame(msg, lambda m: image_msg_to_rgb(m, max_pixels))
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        max_pixels = int(self.p("max_image_pixels"))
+        self._add_frame(msg, lambda m: compressed_msg_to_rgb(m, max_pixels))
+
+    def _add_frame(self, msg, decode) -> None:
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        self.frames.add(Frame(stamp, msg.header.frame_id, msg, decode))  # decoded only when queried
+        self.processor.frame_arrived()
+        self._image_times.append(time.monotonic())
+        if len(self._image_times) > 60:
+            del self._image_times[:30]
+
+    def _on_query(self, msg: RegionQuery) -> None:
+        self._submit(msg, None)
+
+    def _submit(self, msg: RegionQuery, frame: Frame | None, on_done=None) -> None:
+        processor = self.processor
+        try:
+            spec = spec_from_query(msg)
+        except RegionError as exc:
+            outcome = Outcome(msg.query_id or "unnamed", msg.task, Status.INVALID_QUERY, str(exc))
+            outcome.spec = None
+            self._send(outcome, on_done, msg)
+            return
+        spec.frame = frame
+        spec.context = (msg, on_done)
+        if not self._active:
+            outcome = Outcome(
+                spec.query_id or "unnamed", spec.task, Status.MODEL_ERROR, "the node is inactive: activate it to load the model"
+            )
+            outcome.spec = spec
+            self._send(outcome, on_done, msg)
+            return
+        processor.submit(spec)
+
+    def _on_service(self, request: QueryRegions.Request, response: QueryRegions.Response):
+        done = threading.Event()
+        holder: list[RegionResult] = []
+
+        def on_done(result: RegionResult) -> None:
+            holder.append(result)
+            done.set()
+
+        frame = None
+        if request.image.width > 0 and request.image.height > 0:
+            max_pixels = int(self.p("max_image_pixels"))
+            image = request.image
+            key = f"service-{next(self._service_ids)}"
+            frame = Frame(0, image.header.frame_id or key, image, lambda m: image_msg_to_rgb(m, max_pixels))
+        query = request.query
+        if query.timeout_s <= 0:
+            query.timeout_s = float(self.p("service_timeout_s"))
+        self._submit(query, frame, on_done)
+        if not done.wait(timeout=query.timeout_s + 60.0):
+            result = RegionResult(query_id=query.query_id, task=query.task, status=int(Status.TIMEOUT))
+            result.error = "the worker did not answer in time"
+            response.result = result
+            return response
+        response.result = holder[0]
+        return response
+
+    def _expire(self) -> None:
+        if self.processor is not None:
+            self.processor.expire_overdue()
+
+    # -- output --------------------------------------------------------------------------------
+    def _deliver(self, outcome: Outcome) -> None:
+        """Called once per query, from the worker or a callback."""
+        msg, on_done = outcome.spec.context if outcome.spec is not None else (None, None)
+        self._send(outcome, on_done, msg)
+
+    def _send(self, outcome: Outcome, on_done, query_msg) -> None:
+        engine = self.engine
+        model = engine.model.name if engine is not None else str(self.p("model"))
+        random_weights = engine.weights_random if engine is not None else False
+        result = result_msg(outcome, model, random_weights, include_masks=bool(self.p("publish_masks")))
+        if not result.header.frame_id and query_msg is not None:
+            result.header = query_msg.header
+        if on_done is not None:
+            on_done(result)
+        else:
+            self.results_pub.publish(result)
+        if outcome.status == Status.OK:
+            self._publish_visuals(outcome, result)
+        level = "info" if outcome.status == Status.OK else "warning"
+        line = f"query {outcome.query_id}: {Status(outcome.status).name}" + (
+            f" ({outcome.error})" if outcome.error else f" in {outcome.latency_ms:.0f} ms"
+        )
+        if level == "info":
+            self.get_logger().info(line)
+        else:
+            self.get_logger().warning(line)
+
+    def _publish_visuals(self, outcome: Outcome, result: RegionResult) -> None:
+        res = outcome.result
+        if self.p("use_overlay") and self.overlay_pub.get_subscription_count() > 0 and outcome.frame is not None:
+            img = draw_overlay(
+                outcome.frame.image(),
+                task=res.task,
+                outputs=res.outputs,
+                regions=outcome.spec.regions if outcome.spec else None,
+                candidate_boxes=res.candidate_boxes,
+                weights_random=res.weights_random,
+            )
+            self.overlay_pub.publish(array_to_image_msg(img, "rgb8", result.header))
+            self.overlays_drawn += 1
+        if self.markers_pub.get_subscription_count() > 0:
+            self.markers_pub.publish(self._markers(res, result))
+
+    def _markers(self, res, result: RegionResult) -> MarkerArray:
+        """Text markers along each region's pixel ray, at an assumed depth (no depth sensor)."""
+        h, w = res.image_size
+        fx = (w / 2) / math.tan(math.radians(float(self.p("marker_hfov_deg"))) / 2)
+        depth = float(self.p("marker_depth_m"))
+        array = MarkerArray()
+        for out in res.outputs:
+            words = out.label or out.text
+            if not words:
+                continue
+            x0, y0, x1, y1 = out.box or [0, 0, w, h]
+            u, v = (x0 + x1) / 2, y0
+            m = Marker()
+            m.header = result.header
+            m.ns = "region_perception"
+            m.id = next(self._marker_ids) % 10000
+            m.type = Marker.TEXT_VIEW_FACING
+            m.action = Marker.ADD
+            m.pose.position.x = (u - w / 2) / fx * depth  # camera optical frame: x right, y down, z forward
+            m.pose.position.y = (v - h / 2) / fx * depth
+            m.pose.position.z = depth
+            m.pose.orientation.w = 1.0
+            m.scale.z = 0.08 * depth
+            m.color.r, m.color.g, m.color.b, m.color.a = 1.0, 1.0, 0.2, 1.0
+            m.text = ("[random] " if res.weights_random else "") + words[:80]
+            m.lifetime = Duration(seconds=float(self.p("marker_lifetime_s"))).to_msg()
+            array.markers.append(m)
+        return array
+
+    def _publish_diagnostics(self) -> None:
+        proc, engine, frames = self.processor, self.engine, self.frames
+        if proc is None or frames is None:
+            return
+        device = str(engine.model.device) if engine is not None else "none"
+        status = DiagnosticStatus(name="region_perception: inference", hardware_id=device)
+        if not self._active:
+            status.level, status.message = DiagnosticStatus.WARN, "inactive: model not loaded"
+        elif proc.consecutive_model_errors >= 3:
+            status.level = DiagnosticStatus.ERROR
+            status.message = f"{proc.consecutive_model_errors} model errors in a row"
+        elif proc.depth >= proc._queue.maxsize:
+            status.level, status.message = DiagnosticStatus.WARN, "query queue full"
+        else:
+            status.level, status.message = DiagnosticStatus.OK, "ok"
+        times = self._image_times[-30:]
+        rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
+        values = {
+            "model": engine.model.name if engine else str(self.p("model")),
+            "device": device,
+            "weights_random": str(bool(engine and engine.weights_random)).lower(),
+            "queue_depth": proc.depth,
+            "queue_size": proc._queue.maxsize,
+            "frames_received": frames.received,
+            "frames_buffered": len(frames),
+            "frames_dropped": frames.evicted,
+            "image_rate_hz": round(rate, 2),
+            "latency_p50_ms": round(_percentile(proc.latencies_ms, 50), 1),
+            "latency_p95_ms": round(_percentile(proc.latencies_ms, 95), 1),
+            "inference_p50_ms": round(_percentile(proc.inference_ms, 50), 1),
+            "feature_cache_hits": engine.cache.hits if engine else 0,
+            "overlays_drawn": self.overlays_drawn,
+        }
+        values.update({f"answered_{s.name.lower()}": n for s, n in proc.answered.items()})
+        status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self.diag_pub.publish(array)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``region-perception-node [--ros-args --params-file config/default.yaml ...]``."""
+    rclpy.init(args=argv if argv is not None else sys.argv)
+    node = RegionPerceptionNode()
+    executor = MultiThreadedExecutor(num_threads=4)
+    executor.add_node(node)
+    try:
+        if node.p("auto_activate"):
+            node.trigger_configure()
+            node.trigger_activate()
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        node._unload("the node is shutting down")
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
