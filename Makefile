@@ -9,13 +9,18 @@ ifndef ROS_DOMAIN_ID
 export ROS_DOMAIN_ID := $(shell python3 -c 'import random; print(random.randint(1, 101))')
 endif
 
-.PHONY: setup test lint colcon clean
+.PHONY: setup test demo lint colcon clean
 
 setup:
 	@bash scripts/setup_env.sh
 
 test: setup
 	$(PY) -m pytest
+
+# The node on the demo camera (bundled photographs) with the embedded default model,
+# a scripted set of queries, overlays saved under demo_out/.
+demo: setup
+	$(PY) -m region_perception.ros.demo
 
 lint: setup
 	$(PY) -m ruff check .

@@ -15,9 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 import rclpy
-from rclpy.utilities import remove_ros_args
 from rclpy.executors import ExternalShutdownException
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import Image
 
 from .image_conversion import array_to_image_msg

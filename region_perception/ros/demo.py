@@ -45,7 +45,9 @@ def make_query(task: str, spec: dict, header, query_id: str) -> RegionQuery:
     q = RegionQuery(query_id=query_id, header=header)
     q.task = {"caption": 0, "classify": 1, "refer": 2, "ask": 3}[task]
     if "points" in spec:
-        q.regions.append(Region(kind=Region.POINTS, points=[Point32(x=float(x), y=float(y)) for x, y in spec["points"]]))
+        q.regions.append(
+            Region(kind=Region.POINTS, points=[Point32(x=float(x), y=float(y)) for x, y in spec["points"]])
+        )
     if "box" in spec:
         q.regions.append(Region(kind=Region.BOX, box=np.array(spec["box"], dtype=np.float32)))
     q.text = spec.get("text", "")
@@ -65,8 +67,18 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # reliable image QoS between the demo camera and the node: on loopback, best-effort
     # frames of ~1 MB lose fragments, and the demo asks about specific frames
-    node_cmd = [sys.executable, "-m", "region_perception.ros.node", "--ros-args", "--params-file", args.params,
-                "-p", "image_reliability:=reliable", "-p", "image_qos_depth:=5"]
+    node_cmd = [
+        sys.executable,
+        "-m",
+        "region_perception.ros.node",
+        "--ros-args",
+        "--params-file",
+        args.params,
+        "-p",
+        "image_reliability:=reliable",
+        "-p",
+        "image_qos_depth:=5",
+    ]
     if args.model:
         node_cmd += ["-p", f"model:={args.model}"]
     procs = [
@@ -109,15 +121,19 @@ def main(argv: list[str] | None = None) -> int:
                 failures += 1
                 continue
             stamp_ok = (result.header.stamp.sec, result.header.stamp.nanosec) == (
-                frame.header.stamp.sec, frame.header.stamp.nanosec)
+                frame.header.stamp.sec,
+                frame.header.stamp.nanosec,
+            )
             status = Status(result.status).name
             answer = [o.label or o.text for o in result.outputs]
             flag = "  [RANDOM WEIGHTS: not a prediction]" if result.weights_random else ""
             print(f"[demo] {i}: {what} on '{photo}' -> {status}: {answer}{flag}")
             print(f"         frame stamp matches: {stamp_ok}; latency {result.latency_ms:.0f} ms; model {result.model}")
             if result.task == RegionQuery.REFER:
-                print(f"         selected proposal {result.selected_index} of {len(result.candidate_scores)}; "
-                      f"scores {[round(s, 3) for s in result.candidate_scores]}")
+                print(
+                    f"         selected proposal {result.selected_index} of {len(result.candidate_scores)}; "
+                    f"scores {[round(s, 3) for s in result.candidate_scores]}"
+                )
             ok = result.status == RegionResult.OK and stamp_ok
             wait = time.monotonic() + 5
             while not overlays and time.monotonic() < wait:

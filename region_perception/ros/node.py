@@ -18,8 +18,8 @@ import time
 
 import numpy as np
 import rclpy
-from rcl_interfaces.msg import ParameterDescriptor
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
@@ -134,7 +134,9 @@ class RegionPerceptionNode(LifecycleNode):
                 CompressedImage, "image/compressed", self._on_compressed, image_qos, callback_group=self._fast
             )
         else:
-            self.image_sub = self.create_subscription(Image, "image", self._on_image, image_qos, callback_group=self._fast)
+            self.image_sub = self.create_subscription(
+                Image, "image", self._on_image, image_qos, callback_group=self._fast
+            )
         self.query_sub = self.create_subscription(
             RegionQuery, "region_queries", self._on_query, 50, callback_group=self._fast
         )
@@ -223,7 +225,10 @@ class RegionPerceptionNode(LifecycleNode):
         spec.context = (msg, on_done)
         if not self._active:
             outcome = Outcome(
-                spec.query_id or "unnamed", spec.task, Status.MODEL_ERROR, "the node is inactive: activate it to load the model"
+                spec.query_id or "unnamed",
+                spec.task,
+                Status.MODEL_ERROR,
+                "the node is inactive: activate it to load the model",
             )
             outcome.spec = spec
             self._send(outcome, on_done, msg)
@@ -314,7 +319,7 @@ class RegionPerceptionNode(LifecycleNode):
             words = out.label or out.text
             if not words:
                 continue
-            x0, y0, x1, y1 = out.box or [0, 0, w, h]
+            x0, y0, x1, _y1 = out.box or [0, 0, w, h]
             u, v = (x0 + x1) / 2, y0
             m = Marker()
             m.header = result.header
@@ -396,4 +401,3 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
-

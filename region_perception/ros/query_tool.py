@@ -16,8 +16,8 @@ import uuid
 import cv2
 import numpy as np
 import rclpy
-from rclpy.utilities import remove_ros_args
 from geometry_msgs.msg import Point32
+from rclpy.utilities import remove_ros_args
 
 from region_perception.msg import Region, RegionQuery, RegionResult
 from region_perception.srv import QueryRegions
@@ -27,8 +27,12 @@ from ..status import Status
 from .image_conversion import array_to_image_msg
 from .msg_dict import msg_to_dict
 
-TASKS = {"caption": RegionQuery.CAPTION, "classify": RegionQuery.CLASSIFY, "refer": RegionQuery.REFER,
-         "ask": RegionQuery.ASK}
+TASKS = {
+    "caption": RegionQuery.CAPTION,
+    "classify": RegionQuery.CLASSIFY,
+    "refer": RegionQuery.REFER,
+    "ask": RegionQuery.ASK,
+}
 
 
 def build_query(args: argparse.Namespace) -> RegionQuery:
@@ -69,8 +73,16 @@ def summarize(result: RegionResult) -> dict:
     return d
 
 
-def send(node, query: RegionQuery, *, service: bool, timeout: float, service_name: str = "/region_perception/query",
-         topic: str = "region_queries", results_topic: str = "region_results") -> RegionResult | None:
+def send(
+    node,
+    query: RegionQuery,
+    *,
+    service: bool,
+    timeout: float,
+    service_name: str = "/region_perception/query",
+    topic: str = "region_queries",
+    results_topic: str = "region_results",
+) -> RegionResult | None:
     """Send ``query`` and wait (spinning ``node``) for its one result; None on timeout."""
     deadline = time.monotonic() + timeout
     if service:
@@ -135,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
         node.destroy_node()
         rclpy.shutdown()
     if result is None:
-        print(f"region-perception-query: error: no result for {query.query_id} within {args.timeout:g} s",
-              file=sys.stderr)
+        print(
+            f"region-perception-query: error: no result for {query.query_id} within {args.timeout:g} s", file=sys.stderr
+        )
         return 1
     d = summarize(result)
     if args.json:
@@ -147,8 +160,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{d['query_id']}: {d['status_name']}" + (f" - {result.error}" if result.error else ""))
         for i, out in enumerate(d["outputs"]):
             what = out["label"] or out["text"]
-            print(f"  [{i}] {what}  bbox=({out['bbox']['x_offset']},{out['bbox']['y_offset']},"
-                  f"{out['bbox']['width']}x{out['bbox']['height']}) mask_area={out['mask']['area']}")
+            print(
+                f"  [{i}] {what}  bbox=({out['bbox']['x_offset']},{out['bbox']['y_offset']},"
+                f"{out['bbox']['width']}x{out['bbox']['height']}) mask_area={out['mask']['area']}"
+            )
         print(f"  model={result.model} latency={result.latency_ms:.0f} ms (inference {result.inference_ms:.0f} ms)")
     return 0 if result.status == RegionResult.OK else 3
 

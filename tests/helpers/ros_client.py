@@ -1,0 +1,94 @@
+"""A test-side ROS client: spins in a thread, collects what the node publishes."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import defaultdict
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
+from rclpy.executors import SingleThreadedExecutor
+from sensor_msgs.msg import Image
+from visualization_msgs.msg import MarkerArray
+
+from region_perception.msg import RegionQuery, RegionResult
+from region_perception.srv import QueryRegions
+
+
+class RosClient:
+    def __init__(self, name: str = "test_client") -> None:
+        self.context = rclpy.Context()
+        rclpy.init(context=self.context)
+        self.node = rclpy.create_node(name, context=self.context)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self.lock = threading.Lock()
+        self.frames: dict[tuple[int, int], Image] = {}
+        self.results: dict[str, list[RegionResult]] = defaultdict(list)
+        self.overlays: list[Image] = []
+        self.markers: list[MarkerArray] = []
+        self.diagnostics: list[DiagnosticArray] = []
+        self.node.create_subscription(Image, "image", self._frame, 5)
+        self.node.create_subscription(RegionResult, "region_results", self._result, 100)
+        self.node.create_subscription(MarkerArray, "/region_perception/markers", self.markers.append, 10)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
+        self.query_pub = self.node.create_publisher(RegionQuery, "region_queries", 100)
+        self.client = self.node.create_client(QueryRegions, "/region_perception/query")
+        self._overlay_sub = None
+        self._stop = False
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+
+    def _spin(self) -> None:
+        while not self._stop and self.context.ok():
+            self.executor.spin_once(timeout_sec=0.05)
+
+    def _frame(self, msg: Image) -> None:
+        with self.lock:
+            self.frames[(msg.height, msg.width)] = msg
+
+    def _result(self, msg: RegionResult) -> None:
+        with self.lock:
+            self.results[msg.query_id].append(msg)
+
+    def subscribe_overlay(self) -> None:
+        self._overlay_sub = self.node.create_subscription(Image, "/region_perception/overlay", self.overlays.append, 5)
+
+    def wait(self, predicate, timeout: float = 60.0) -> bool:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def fresh_frame(self, size: tuple[int, int], timeout: float = 30.0) -> Image:
+        with self.lock:
+            self.frames.pop(size, None)
+        assert self.wait(lambda: size in self.frames, timeout), f"no {size} frame from the camera"
+        return self.frames[size]
+
+    def ask(self, query: RegionQuery, timeout: float = 120.0) -> RegionResult:
+        self.query_pub.publish(query)
+        assert self.wait(lambda: query.query_id in self.results, timeout), f"no result for {query.query_id}"
+        return self.results[query.query_id][0]
+
+    def call(self, request: QueryRegions.Request, timeout: float = 120.0) -> RegionResult:
+        assert self.client.wait_for_service(timeout_sec=60)
+        future = self.client.call_async(request)
+        assert self.wait(future.done, timeout), "service did not answer"
+        return future.result().result
+
+    def diagnostic_values(self) -> dict[str, str]:
+        for array in reversed(self.diagnostics):
+            for status in array.status:
+                if status.name.startswith("region_perception"):
+                    return {kv.key: kv.value for kv in status.values} | {"_level": str(status.level)}
+        return {}
+
+    def close(self) -> None:
+        self._stop = True
+        self.thread.join(timeout=5)
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.context)
