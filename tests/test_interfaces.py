@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import queue
 import subprocess
+import threading
 import time
 
 import numpy as np
@@ -110,18 +112,28 @@ def test_every_field_crosses_processes_intact(python, child_env):
             time.sleep(0.05)
         assert qpub.get_subscription_count() == 1, "subscriber process never discovered"
         received: dict[str, dict] = {}
+        lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=lambda: [lines.put(ln) for ln in sub.stdout], daemon=True).start()
         # volatile QoS: re-publish until the other process has printed both
         while len(received) < 2 and time.monotonic() < deadline:
             qpub.publish(query)
             rpub.publish(result)
-            line = sub.stdout.readline()
-            if line.startswith("{"):
-                item = json.loads(line)
-                received[item["kind"]] = item["msg"]
+            try:
+                while True:
+                    line = lines.get(timeout=0.2)
+                    if line.startswith("{"):
+                        item = json.loads(line)
+                        received[item["kind"]] = item["msg"]
+            except queue.Empty:
+                pass
         node.destroy_node()
         rclpy.shutdown(context=context)
     finally:
-        rc = sub.wait(timeout=30)
+        try:
+            rc = sub.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            sub.kill()
+            rc = "killed: it never received both messages"
     assert rc == 0, sub.stderr.read()
     assert received["query"] == msg_to_dict(query)
     assert received["result"] == msg_to_dict(result)
