@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import rclpy
+from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import Point32
 from sensor_msgs.msg import Image
 
@@ -91,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     overlays: list[Image] = []
     client.create_subscription(Image, "image", lambda m: frames.__setitem__((m.height, m.width), m), 5)
     client.create_subscription(Image, "/region_perception/overlay", overlays.append, 10)
+    diagnostics: list[DiagnosticArray] = []
+    client.create_subscription(DiagnosticArray, "/diagnostics", diagnostics.append, 10)
     failures = 0
     try:
         deadline = time.monotonic() + args.timeout
@@ -100,15 +103,30 @@ def main(argv: list[str] | None = None) -> int:
             if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
                 print("[demo] the node did not come up", file=sys.stderr)
                 return 1
-        settle = time.monotonic() + 1.5  # the node's image subscription matches the camera
-        while time.monotonic() < settle:
+        # active (model loaded) and receiving frames, as its diagnostics say
+        while not any(
+            st.message == "ok" and int(dict((kv.key, kv.value) for kv in st.values).get("frames_received", 0))
+            for arr in diagnostics
+            for st in arr.status
+            if st.name.startswith("region_perception")
+        ):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                print("[demo] the node did not become active", file=sys.stderr)
+                return 1
             rclpy.spin_once(client, timeout_sec=0.1)
         for i, (photo, size, task, spec, what) in enumerate(SCRIPT):
-            frames.clear()  # a frame the node has surely buffered: one that arrives from now on
+            # a frame the node has surely buffered: one stamped from now on (older samples may
+            # still sit in our reader's history from before the node subscribed)
+            since = client.get_clock().now().nanoseconds
+
+            def fresh(size=size, since=since) -> bool:
+                f = frames.get(size)
+                return f is not None and f.header.stamp.sec * 1_000_000_000 + f.header.stamp.nanosec > since
+
             wait = time.monotonic() + 30
-            while size not in frames and time.monotonic() < wait:
+            while not fresh() and time.monotonic() < wait:
                 rclpy.spin_once(client, timeout_sec=0.1)
-            if size not in frames:
+            if not fresh():
                 print(f"[demo] {what}: no '{photo}' frame from the camera within 30 s", file=sys.stderr)
                 failures += 1
                 continue
