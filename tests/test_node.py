@@ -60,8 +60,7 @@ def system(child_env_module):
     client = RosClient()
     try:
         assert client.client.wait_for_service(timeout_sec=120), "node did not come up"
-        client.fresh_frame(ASTRONAUT)
-        time.sleep(1.0)
+        client.wait_active()
         yield client, node
     finally:
         client.close()

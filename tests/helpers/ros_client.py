@@ -64,10 +64,24 @@ class RosClient:
         return False
 
     def fresh_frame(self, size: tuple[int, int], timeout: float = 30.0) -> Image:
-        with self.lock:
-            self.frames.pop(size, None)
-        assert self.wait(lambda: size in self.frames, timeout), f"no {size} frame from the camera"
+        """A frame of this size stamped after now (older samples may still be queued here)."""
+        since = self.node.get_clock().now().nanoseconds
+
+        def fresh() -> bool:
+            f = self.frames.get(size)
+            return f is not None and f.header.stamp.sec * 1_000_000_000 + f.header.stamp.nanosec > since
+
+        assert self.wait(fresh, timeout), f"no {size} frame from the camera"
         return self.frames[size]
+
+    def wait_active(self, timeout: float = 120.0) -> None:
+        """Until the node's diagnostics say it is active and receiving frames."""
+
+        def active() -> bool:
+            d = self.diagnostic_values()
+            return d.get("_message") == "ok" and int(d.get("frames_received", "0")) > 0
+
+        assert self.wait(active, timeout), f"node not active: {self.diagnostic_values()}"
 
     def ask(self, query: RegionQuery, timeout: float = 120.0) -> RegionResult:
         self.query_pub.publish(query)
@@ -84,7 +98,8 @@ class RosClient:
         for array in reversed(self.diagnostics):
             for status in array.status:
                 if status.name.startswith("region_perception"):
-                    return {kv.key: kv.value for kv in status.values} | {"_level": str(status.level)}
+                    values = {kv.key: kv.value for kv in status.values}
+                    return values | {"_level": str(status.level), "_message": status.message}
         return {}
 
     def close(self) -> None:
