@@ -217,6 +217,12 @@ class RegionEngine:
             answers.append(RegionAnswer(name=region.name, mask=mask, box=_box_list(box), region_text=text))
         return answers
 
+    def _on_frame(self, image: np.ndarray, regions: list[Region], frame_key: str | None, timings: Timings):
+        """Validate, then the frame's (cached) features and each region's mask and text."""
+        image, size, regions, key = self._prepare(image, regions, frame_key)
+        feats = self._features(key, image, timings)
+        return size, feats, self._region_answers(image, size, regions, key, timings)
+
     def _result(self, task: str, outputs, size, timings: Timings, **extra) -> TaskResult:
         notes = []
         if self.weights_random:
@@ -258,9 +264,7 @@ class RegionEngine:
             raise RegionError("caption needs at least one region")
         timings = Timings()
         with self.lock:
-            image, size, regions, key = self._prepare(image, regions, frame_key)
-            feats = self._features(key, image, timings)
-            answers = self._region_answers(image, size, regions, key, timings)
+            size, feats, answers = self._on_frame(image, regions, frame_key, timings)
             for ans in answers:
                 ans.text = self.model.generate(
                     feats,
@@ -288,9 +292,7 @@ class RegionEngine:
         timings = Timings()
         with self.lock:
             regions = regions or [WholeImage()]
-            image, size, regions, key = self._prepare(image, regions, frame_key)
-            feats = self._features(key, image, timings)
-            answers = self._region_answers(image, size, regions, key, timings)
+            size, feats, answers = self._on_frame(image, regions, frame_key, timings)
             text = self.model.generate(
                 feats,
                 [a.region_text for a in answers],
@@ -315,9 +317,7 @@ class RegionEngine:
             raise RegionError("classify needs at least one region")
         timings = Timings()
         with self.lock:
-            image, size, regions, key = self._prepare(image, regions, frame_key)
-            feats = self._features(key, image, timings)
-            answers = self._region_answers(image, size, regions, key, timings)
+            size, feats, answers = self._on_frame(image, regions, frame_key, timings)
             for ans in answers:
                 losses = self.model.score_texts(
                     feats,

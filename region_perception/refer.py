@@ -67,13 +67,7 @@ def refer_batched(
 def refer_reference(
     score_one: Callable[[str], float],
     masks: Sequence[np.ndarray],
-    *,
-    points_per_draw: int = 10,
-    draws: int = 5,
-    seed: int = 0,
-    rounding: Rounding = "truncate",
+    **draw_options,
 ) -> ReferOutcome:
     """RegionVLM's released procedure: one full forward (vision encoder included) per row."""
-    texts = draw_region_texts(masks, points_per_draw=points_per_draw, draws=draws, seed=seed, rounding=rounding)
-    losses = np.array([score_one(t) for t in texts], dtype=np.float64).reshape(len(masks), draws)
-    return select(losses, texts)
+    return refer_batched(lambda rows: [score_one(row) for row in rows], masks, **draw_options)
