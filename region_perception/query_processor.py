@@ -97,6 +97,7 @@ class QueryProcessor:
         *,
         queue_size: int = 8,
         default_labels: list[str] | None = None,
+        vocabulary_name: str = "",
         default_timeout_s: float = 0.0,
         frame_wait_s: float = 0.5,
     ) -> None:
@@ -104,6 +105,7 @@ class QueryProcessor:
         self.frames = frames
         self.deliver = deliver
         self.default_labels = default_labels or []
+        self.vocabulary_name = vocabulary_name  # how the model is told about default_labels
         self.default_timeout_s = default_timeout_s
         self.frame_wait_s = frame_wait_s
         # queries whose frame is newer than any buffered one: it may still be on its way
@@ -293,7 +295,10 @@ class QueryProcessor:
         if spec.task == Task.ASK:
             return engine.ask(image, spec.regions, spec.text, frame_key=key, **gen)
         if spec.task == Task.CLASSIFY:
-            return engine.classify(image, spec.regions, spec.labels or self.default_labels, frame_key=key)
+            labels, vocab = (spec.labels, "") if spec.labels else (self.default_labels, self.vocabulary_name)
+            return engine.classify(
+                image, spec.regions, labels, frame_key=key, rank=spec.rank_labels, vocabulary_name=vocab
+            )
         return engine.refer(image, spec.text, frame_key=key)
 
     # -- bookkeeping ----------------------------------------------------------------------------

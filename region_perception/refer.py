@@ -13,8 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .models.backend import RegionCue
 from .region_text import Rounding, points_to_text
-from .regions import normalize_points, sample_points_in_mask
+from .regions import mask_to_box, normalize_points, sample_points_in_mask
 
 
 @dataclass
@@ -22,35 +23,41 @@ class ReferOutcome:
     selected_index: int
     scores: np.ndarray  # (proposals,) min over draws of the mean loss; lower is better
     draw_losses: np.ndarray  # (proposals, draws)
-    region_texts: list[str]  # proposals * draws, proposal-major
+    cues: list[RegionCue]  # proposals * draws, proposal-major
 
 
-def draw_region_texts(
+def draw_cues(
     masks: Sequence[np.ndarray],
     *,
     points_per_draw: int = 10,
     draws: int = 5,
     seed: int = 0,
     rounding: Rounding = "truncate",
-) -> list[str]:
-    """Region text of every (proposal, draw) row, proposal-major; same seed, same texts."""
+) -> list[RegionCue]:
+    """The region cue of every (proposal, draw) row, proposal-major; same seed, same rows.
+
+    Each draw samples new points inside the proposal (RegionVLM); the box is the
+    proposal's own, so a backend that reads boxes needs only one draw.
+    """
     rng = np.random.default_rng(seed)
-    texts = []
+    cues = []
     for mask in masks:
-        size = mask.shape
+        h, w = mask.shape
+        x0, y0, x1, y1 = mask_to_box(mask)
+        box = (x0 / w, y0 / h, x1 / w, y1 / h)
         for _ in range(draws):
             pts = sample_points_in_mask(mask, points_per_draw, rng)
-            texts.append(points_to_text(normalize_points(pts, size), rounding))
-    return texts
+            cues.append(RegionCue(points_to_text(normalize_points(pts, mask.shape), rounding), box))
+    return cues
 
 
-def select(draw_losses: np.ndarray, region_texts: list[str]) -> ReferOutcome:
+def select(draw_losses: np.ndarray, cues: list[RegionCue]) -> ReferOutcome:
     scores = draw_losses.min(axis=1)
-    return ReferOutcome(int(np.argmin(scores)), scores, draw_losses, region_texts)
+    return ReferOutcome(int(np.argmin(scores)), scores, draw_losses, cues)
 
 
 def refer_batched(
-    score_rows: Callable[[list[str]], np.ndarray],
+    score_rows: Callable[[list[RegionCue]], np.ndarray],
     masks: Sequence[np.ndarray],
     *,
     points_per_draw: int = 10,
@@ -59,13 +66,13 @@ def refer_batched(
     rounding: Rounding = "truncate",
 ) -> ReferOutcome:
     """Ours: all proposal x draw rows scored in one batched call (image encoded once)."""
-    texts = draw_region_texts(masks, points_per_draw=points_per_draw, draws=draws, seed=seed, rounding=rounding)
-    losses = np.asarray(score_rows(texts), dtype=np.float64).reshape(len(masks), draws)
-    return select(losses, texts)
+    cues = draw_cues(masks, points_per_draw=points_per_draw, draws=draws, seed=seed, rounding=rounding)
+    losses = np.asarray(score_rows(cues), dtype=np.float64).reshape(len(masks), draws)
+    return select(losses, cues)
 
 
 def refer_reference(
-    score_one: Callable[[str], float],
+    score_one: Callable[[RegionCue], float],
     masks: Sequence[np.ndarray],
     **draw_options,
 ) -> ReferOutcome:

@@ -18,6 +18,8 @@ HELPERS = Path(__file__).resolve().parent / "helpers"
 apply_local_ros_env()
 # Tiny random-weight models are built once into the (git-ignored) build folder and reused.
 os.environ.setdefault("REGION_PERCEPTION_CACHE", str(REPO / "build" / "models"))
+# No model hub here: released models must fall back to the tiny ones without trying the network.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 
 @pytest.fixture()

@@ -10,6 +10,8 @@ import cv2
 import numpy as np
 import pytest
 
+from .conftest import REPO
+
 pytestmark = pytest.mark.slow
 
 
@@ -20,7 +22,9 @@ def photo(tmp_path_factory, astronaut):
     return path
 
 
-def run_cli(*args: str, env=None) -> subprocess.CompletedProcess:
+def run_cli(*args: str, env=None, model: str | None = "tiny-regionvlm") -> subprocess.CompletedProcess:
+    if model and args and args[0] in {"describe", "ask", "refer", "classify"}:
+        args = (*args, "--model", model)
     return subprocess.run(
         [sys.executable, "-m", "region_perception.cli", *args], capture_output=True, text=True, env=env, timeout=300
     )
@@ -98,3 +102,39 @@ def test_models_lists_the_registry():
     run = run_cli("models", "--json")
     names = {row["name"] for row in json.loads(run.stdout)}
     assert "tiny-regionvlm" in names
+
+
+def test_florence2_backend_from_the_cli(photo, tmp_path):
+    run = run_cli("describe", str(photo), "--box", "100,200,300,500", "--json", model="tiny-florence2")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["model"] == "tiny-florence2" and result["weights_random"] is True
+    assert {"vision_encode", "generation"} <= set(result["timings_ms"])
+    run = run_cli(
+        "classify", str(photo), "--box", "100,100,300,400", "--vocab", "coco80", "--json", model="tiny-florence2"
+    )
+    assert json.loads(run.stdout)["outputs"][0]["label"] in set(
+        (REPO / "config" / "coco80.txt").read_text().split("\n")
+    )
+    for route in ("proposals", "native"):
+        run = run_cli(
+            "refer", str(photo), "--text", "the helmet", "--refer-route", route, "--json", model="tiny-florence2"
+        )
+        assert run.returncode == 0, run.stderr
+        assert json.loads(run.stdout)["outputs"][0]["text"] == "the helmet"
+    run = run_cli("ask", str(photo), "--question", "what is it?", model="tiny-florence2")
+    assert run.returncode == 2 and "does not answer free questions" in run.stderr
+
+
+def test_default_model_falls_back_loudly_without_network(photo):
+    run = run_cli("describe", str(photo), "--box", "0,0,100,100", "--json", model=None)
+    assert run.returncode == 0, run.stderr
+    assert json.loads(run.stdout)["model"] == "tiny-florence2"
+    assert "FALLING BACK to tiny-florence2 with RANDOM WEIGHTS" in run.stderr
+
+
+def test_snap_prints_the_label_and_top5():
+    run = run_cli("snap", "aircraft", "--vocab", "coco80", "--json")
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout)
+    assert result["label"] == "airplane" and len(result["top"]) == 5 and result["top"][0]["label"] == "airplane"

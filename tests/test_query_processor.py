@@ -45,7 +45,7 @@ class FakeEngine:
     def ask(self, image, regions, text, frame_key=None, **kw):
         return self._work("ask", image, frame_key)
 
-    def classify(self, image, regions, labels, frame_key=None):
+    def classify(self, image, regions, labels, frame_key=None, **kw):
         if not labels:
             raise TaskError("classify needs at least one candidate label")
         return self._work("classify", image, frame_key)

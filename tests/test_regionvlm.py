@@ -42,12 +42,20 @@ def test_batched_refer_matches_reference_procedure(model, astronaut):
     feats = model.encode_image(astronaut)
     sentence = "a rocket on the launch pad"
     ours = refer_batched(
-        lambda rows: model.score_texts(feats, rows, sentence, batch_size=7), masks, points_per_draw=10, draws=5, seed=3
+        lambda cues: model.score_regions(feats, cues, sentence, batch_size=7),
+        masks,
+        points_per_draw=10,
+        draws=5,
+        seed=3,
     )
     ref = refer_reference(
-        lambda row: model.reference_loss(astronaut, row, sentence), masks, points_per_draw=10, draws=5, seed=3
+        lambda cue: model.reference_loss(astronaut, cue.points_text, sentence),
+        masks,
+        points_per_draw=10,
+        draws=5,
+        seed=3,
     )
-    assert ours.region_texts == ref.region_texts
+    assert ours.cues == ref.cues and len({c.points_text for c in ours.cues}) == 15
     np.testing.assert_allclose(ours.scores, ref.scores, atol=1e-4)
     assert ours.selected_index == ref.selected_index == int(np.argmin(ref.scores))
     assert ours.draw_losses.shape == (3, 5)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from .registry import TINY_SAM
-from .tiny import RANDOM_WEIGHTS_MARKER, build_tiny_regionvlm, cache_dir, is_current_tiny
+from .registry import TINY_MODELS, TINY_SAM, backend_of, tiny_fallback
+from .tiny import RANDOM_WEIGHTS_MARKER, build_tiny_florence2, build_tiny_regionvlm, cache_dir, is_current_tiny
 
 log = logging.getLogger("region_perception")
 
@@ -65,6 +65,8 @@ def tiny_path(name: str) -> Path:
     if not is_current_tiny(path):
         if name == "tiny-regionvlm":
             build_tiny_regionvlm(path)
+        elif name == "tiny-florence2":
+            build_tiny_florence2(path)
         elif name == TINY_SAM:
             from .sam import build_tiny_sam
 
@@ -81,7 +83,34 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load_regionvlm(
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Can weights be downloaded now? (transformers itself retries for minutes when not.)"""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(cls, source: str, **kwargs):
+    """Cached copy first (no network); then a download if the hub can be reached."""
+    try:
+        return cls.from_pretrained(source, local_files_only=True, **kwargs)
+    except OSError:
+        if Path(source).exists() or not hub_reachable():
+            raise
+    return cls.from_pretrained(source, **kwargs)
+
+
+def load_region_model(
     name_or_path: str,
     device: torch.device,
     dtype: torch.dtype,
@@ -89,35 +118,45 @@ def load_regionvlm(
     trust_remote_code: bool = False,
     allow_fallback: bool = True,
 ):
-    """A :class:`RegionVLMModel` from a name, Hugging Face id or directory."""
-    from transformers import AutoProcessor, InstructBlipForConditionalGeneration
+    """A region backend (RegionVLM or Florence-2) from a name, Hugging Face id or directory.
 
+    A released model that cannot be loaded (no network and nothing cached) is replaced by
+    the tiny offline model of the same backend, with a loud notice.
+    """
+    from transformers import AutoProcessor, Florence2ForConditionalGeneration, InstructBlipForConditionalGeneration
+
+    from .florence2 import Florence2Region
     from .regionvlm import RegionVLMModel
 
     quiet_transformers()
-    source = str(tiny_path(name_or_path)) if name_or_path == "tiny-regionvlm" else name_or_path
+    backend = backend_of(name_or_path)
+    source = str(tiny_path(name_or_path)) if name_or_path in TINY_MODELS else name_or_path
+    model_cls = Florence2ForConditionalGeneration if backend == "florence2" else InstructBlipForConditionalGeneration
     try:
-        processor = AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
-        model = InstructBlipForConditionalGeneration.from_pretrained(
-            source, dtype=dtype, trust_remote_code=trust_remote_code, use_safetensors=None
-        )
+        processor = _from_pretrained(AutoProcessor, source, trust_remote_code=trust_remote_code)
+        model = _from_pretrained(model_cls, source, dtype=dtype, trust_remote_code=trust_remote_code)
     except OSError as exc:
-        if not allow_fallback or name_or_path == "tiny-regionvlm":
+        if not allow_fallback or name_or_path in TINY_MODELS:
             raise
+        tiny = tiny_fallback(name_or_path)
         loud_notice(
-            f"could not load {name_or_path!r} ({str(exc).splitlines()[0]}); no network and nothing "
-            "cached? FALLING BACK to tiny-regionvlm with RANDOM WEIGHTS: its outputs are not predictions."
+            f"could not load {name_or_path!r} ({str(exc).splitlines()[0][:160]}); no network and nothing "
+            f"cached? FALLING BACK to {tiny} with RANDOM WEIGHTS: its outputs are not predictions."
         )
-        return load_regionvlm("tiny-regionvlm", device, torch.float32, allow_fallback=False)
+        return load_region_model(tiny, device, torch.float32, allow_fallback=False)
     local = Path(source)
     weights_random = (local / RANDOM_WEIGHTS_MARKER).exists()
-    meta = local / "region_perception.json"
-    trained_on_points = json.loads(meta.read_text()).get("regionvlm_points", False) if meta.exists() else False
     if weights_random:
         loud_notice(
             f"{name_or_path}: RANDOM WEIGHTS (tiny offline model); outputs exercise the code, they are not predictions."
         )
-    elif not trained_on_points:
+    if backend == "florence2":
+        return Florence2Region(
+            model.to(device), processor, name=name_or_path, device=device, weights_random=weights_random
+        )
+    meta = local / "region_perception.json"
+    trained_on_points = json.loads(meta.read_text()).get("regionvlm_points", False) if meta.exists() else False
+    if not weights_random and not trained_on_points:
         loud_notice(NOT_POINT_TRAINED.format(name=name_or_path))
     return RegionVLMModel(
         model.to(device),

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..region_text import multi_region_prompt
 from ..timing import Timings
+from .backend import RegionCue, row_mean_losses
 
 
 @dataclass
@@ -38,6 +38,9 @@ class ImageFeatures:
 class RegionVLMModel:
     """Caption, ask and score text for regions given as RegionVLM point text."""
 
+    uses_point_draws = True
+    answers_questions = True
+
     def __init__(
         self, model, processor, *, name: str, device: torch.device, weights_random: bool, trained_on_points: bool
     ) -> None:
@@ -49,6 +52,7 @@ class RegionVLMModel:
         self.device = device
         self.weights_random = weights_random
         self.trained_on_points = trained_on_points
+        self.region_aware = trained_on_points or weights_random
         self.num_query_tokens = model.config.num_query_tokens
         self.image_token_id = model.config.image_token_index
         self.dtype = next(model.language_model.parameters()).dtype
@@ -144,7 +148,7 @@ class RegionVLMModel:
         """Mean cross-entropy of each row's labels; the LM head only sees labelled positions."""
         lm = self.model.language_model
         mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device)
-        if hasattr(lm, "_shift_right") and hasattr(lm, "lm_head"):  # T5: skip the full-vocab logits
+        if hasattr(lm, "_shift_right") and hasattr(lm, "lm_head"):  # T5
             enc = lm.get_encoder()(inputs_embeds=embeds, attention_mask=mask, return_dict=True)
             dec = lm.get_decoder()(
                 input_ids=lm._shift_right(labels),
@@ -154,15 +158,9 @@ class RegionVLMModel:
             ).last_hidden_state
             if getattr(lm.config, "scale_decoder_outputs", False):
                 dec = dec * (lm.config.d_model**-0.5)
-            scored = labels != -100
-            token_loss = F.cross_entropy(lm.lm_head(dec[scored]).float(), labels[scored], reduction="none")
-        else:
-            logits = lm(inputs_embeds=embeds, attention_mask=mask, labels=labels, return_dict=True).logits
-            scored = labels != -100
-            token_loss = F.cross_entropy(logits[scored].float(), labels[scored], reduction="none")
-        rows = torch.nonzero(scored, as_tuple=True)[0]
-        sums = torch.zeros(labels.shape[0], device=self.device).index_add_(0, rows, token_loss)
-        return sums / scored.sum(dim=1).clamp(min=1)
+            return row_mean_losses(dec, labels, lm.lm_head)
+        logits = lm(inputs_embeds=embeds, attention_mask=mask, labels=labels, return_dict=True).logits
+        return row_mean_losses(logits, labels, lambda x: x)
 
     @torch.inference_mode()
     def score_texts(
@@ -218,3 +216,38 @@ class RegionVLMModel:
             return_dict=True,
         )
         return float(out.loss)
+
+    # -- the backend interface (see .backend) ---------------------------------------------------
+    def describe(
+        self,
+        features: ImageFeatures,
+        cues,
+        prompt: str = "",
+        *,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        timings: Timings | None = None,
+    ) -> str:
+        return self.generate(
+            features,
+            [c.points_text for c in cues],
+            prompt,
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            timings=timings,
+        )
+
+    def category(
+        self, features: ImageFeatures, cue: RegionCue, labels_hint: str, *, timings: Timings | None = None
+    ) -> str:
+        """RegionGPT's task-guided prompt, asked of the region."""
+        prompt = f"What is the category of this region? Answer the question using {labels_hint}."
+        return self.generate(features, [cue.points_text], prompt, max_new_tokens=8, timings=timings)
+
+    def score_regions(
+        self, features: ImageFeatures, cues, texts, *, batch_size: int = 32, timings: Timings | None = None
+    ) -> np.ndarray:
+        return self.score_texts(features, [c.points_text for c in cues], texts, batch_size=batch_size, timings=timings)
+
+    def refer_native(self, features, text: str, image_size, *, timings: Timings | None = None):
+        return None  # RegionVLM refers by scoring proposals

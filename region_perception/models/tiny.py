@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS"  # a file in a model directory: its weights are random
-TINY_VERSION = "1"  # bump when a tiny model's recipe changes: cached builds are then rebuilt
+TINY_VERSION = "2"  # bump when a tiny model's recipe changes: cached builds are then rebuilt
 _SEED = 1234
 
 # Words for the tiny tokenizers: enough that random generations decode into words.
@@ -30,7 +30,8 @@ clock vase plant tree sky grass road street building wall window door water snow
 red green blue yellow white black brown orange pink purple gray small large big left right
 top bottom front back middle near next sitting standing holding wearing looking walking
 shirt hat helmet flag suit astronaut rocket coffee camera picture image region object thing
-yes no one two three four five
+yes no one two three four five does describe polygon mask locate category name names answer question
+using these coco-80 be
 """.split()
     )
 )
@@ -87,6 +88,98 @@ def _word_level_tokenizer(kind: str):
 
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces
     return PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", pad_token="<pad>", eos_token="</s>")
+
+
+# Florence-2's post-processor parses generated text by these task types
+_FLORENCE_PARSE_TASKS = {
+    "ocr": {
+        "PATTERN": r"(.+?)<loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)><loc_(\d+)>",
+        "AREA_THRESHOLD": 0.0,
+    },
+    "phrase_grounding": {"FILTER_BY_BLACK_LIST": True},
+    "pure_text": {},
+    "description_with_bboxes": {},
+    "description_with_polygons": {},
+    "polygons": {},
+    "bboxes": {},
+    "description_with_bboxes_or_polygons": {},
+}
+
+
+def build_tiny_florence2(out: Path, *, image_size: int = 128, hidden: int = 64) -> Path:
+    """A small Florence-2 (DaViT vision tower + BART) with random weights."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import (
+        BartConfig,
+        CLIPImageProcessor,
+        Florence2Config,
+        Florence2ForConditionalGeneration,
+        Florence2Processor,
+        PreTrainedTokenizerFast,
+    )
+    from transformers.models.florence2.configuration_florence2 import Florence2VisionConfig
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(_SEED)
+    specials = ["<s>", "<pad>", "</s>", "<unk>"]
+    words = specials + _WORDS + [str(i) for i in range(101)] + list("[]:?.,!'\"-()")
+    vocab = {w: i for i, w in enumerate(dict.fromkeys(words))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    tokenizer.add_tokens([f"<loc_{i}>" for i in range(1000)] + ["<poly>", "</poly>", "<sep>"])
+    tokens = 1 + (image_size // 32) ** 2  # DaViT downsamples 32x; plus one pooled token
+    image_processor = CLIPImageProcessor(
+        size={"height": image_size, "width": image_size},
+        do_center_crop=False,
+        crop_size={"height": image_size, "width": image_size},
+        image_seq_length=tokens,
+    )
+    processor = Florence2Processor(
+        image_processor=image_processor, tokenizer=tokenizer, post_processor_config=_FLORENCE_PARSE_TASKS
+    )
+    vision = Florence2VisionConfig(
+        depths=[1, 1, 1, 1],
+        embed_dim=[16, 32, 48, hidden],
+        num_heads=[1, 2, 3, 4],
+        num_groups=[1, 2, 3, 4],
+        window_size=2,
+        projection_dim=hidden,
+        drop_path_rate=0.0,
+    )
+    text = BartConfig(
+        vocab_size=len(tokenizer),
+        d_model=hidden,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=hidden * 2,
+        decoder_ffn_dim=hidden * 2,
+        max_position_embeddings=512,
+        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.eos_token_id,
+        forced_eos_token_id=tokenizer.eos_token_id,
+    )
+    config = Florence2Config(
+        vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_id=tokenizer.image_token_id
+    )
+    Florence2ForConditionalGeneration(config).eval().save_pretrained(out)
+    processor.save_pretrained(out)
+    mark_random(out, "tiny-florence2")
+    return out
 
 
 def mark_random(out: Path, what: str) -> None:

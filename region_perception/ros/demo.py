@@ -38,7 +38,7 @@ SCRIPT = [
     ("astronaut", (512, 512), "caption", {"points": [(255, 120)]}, "caption of a point on the face"),
     ("astronaut", (512, 512), "refer", {"text": "the white helmet on the table"}, "refer with a sentence"),
     ("coffee", (400, 600), "classify", {"box": (140, 20, 480, 330)}, "classify a box (COCO-80)"),
-    ("chelsea", (300, 451), "ask", {"text": "what animal is this?", "points": [(200, 150)]}, "ask about a point"),
+    ("chelsea", (300, 451), "caption", {"box": (100, 20, 330, 290)}, "caption of a box"),
 ]
 
 

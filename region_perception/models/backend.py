@@ -1,0 +1,91 @@
+"""What every region model implements, so the engine, node and CLI need not care which runs.
+
+A region reaches a backend as a :class:`RegionCue`: RegionVLM reads its points as text,
+Florence-2 its box as location tokens. Per image, ``encode_image`` runs once and its
+output is cached; every other call reuses it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..timing import Timings
+
+
+@dataclass(frozen=True)
+class RegionCue:
+    """One region as the models see it."""
+
+    points_text: str  # RegionVLM: "[32 64] [36 62]" ("" = whole image)
+    box_norm: tuple[float, float, float, float]  # x0, y0, x1, y1 in [0, 1] of the image
+
+
+class RegionBackend(Protocol):
+    name: str
+    weights_random: bool
+    region_aware: bool  # False: the weights never learnt this backend's region input
+    uses_point_draws: bool  # True: REFER scores several random point draws per proposal
+    device: torch.device
+
+    def encode_image(self, image_rgb: np.ndarray) -> Any: ...
+
+    def describe(
+        self,
+        features: Any,
+        cues: Sequence[RegionCue],
+        prompt: str = "",
+        *,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        timings: Timings | None = None,
+    ) -> str:
+        """Caption (empty prompt) or answer ``prompt`` about the regions."""
+
+    def category(self, features: Any, cue: RegionCue, labels_hint: str, *, timings: Timings | None = None) -> str:
+        """Free text naming the region's category (to be snapped onto a vocabulary)."""
+
+    def score_regions(
+        self,
+        features: Any,
+        cues: Sequence[RegionCue],
+        texts: Sequence[str] | str,
+        *,
+        batch_size: int = 32,
+        timings: Timings | None = None,
+    ) -> np.ndarray:
+        """Per-row mean token loss of ``texts[i]`` as a description of region ``cues[i]``."""
+
+    def refer_native(
+        self, features: Any, text: str, image_size: tuple[int, int], *, timings: Timings | None = None
+    ) -> np.ndarray | None:
+        """The model's own referring segmentation (a bool mask), or None if it has none."""
+
+
+def row_mean_losses(
+    hidden: torch.Tensor, labels: torch.Tensor, head: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Mean cross-entropy per row, the output head applied only where labels are scored.
+
+    ``hidden`` is (rows, steps, dim) decoder output; ``labels`` (rows, steps) with -100 for
+    padding. Skipping the vocabulary projection of unscored positions is what makes
+    scoring many rows cheap.
+    """
+    scored = labels != -100
+    token_loss = F.cross_entropy(head(hidden[scored]).float(), labels[scored], reduction="none")
+    rows = torch.nonzero(scored, as_tuple=True)[0]
+    sums = torch.zeros(labels.shape[0], device=labels.device).index_add_(0, rows, token_loss)
+    return sums / scored.sum(dim=1).clamp(min=1)
+
+
+def labels_hint(labels: Sequence[str], vocabulary_name: str = "") -> str:
+    """RegionGPT's task-guided phrasing: "COCO-80 category names", or the list itself."""
+    if vocabulary_name:
+        return f"{vocabulary_name} category names"
+    shown = ", ".join(labels[:40]) + (", ..." if len(labels) > 40 else "")
+    return f"one of these names: {shown}"

@@ -1,0 +1,200 @@
+"""Florence-2 (MIT; 0.23B base, 0.77B large) on transformers' ``Florence2ForConditionalGeneration``.
+
+Florence-2 takes a region as a box of location tokens ``<loc_0>``..``<loc_999>`` and has
+task prompts for it: ``<REGION_TO_DESCRIPTION>`` (caption), ``<REGION_TO_CATEGORY>``
+(category) and ``<REFERRING_EXPRESSION_SEGMENTATION>`` (a sentence to a polygon). Its
+released weights make it the practical default on small GPUs. The image is encoded once
+(vision tower + projector) and reused by every prompt on that frame.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+import cv2
+import numpy as np
+import torch
+
+from ..timing import Timings
+from .backend import RegionCue, row_mean_losses
+
+_LOC = re.compile(r"<loc_\d+>")
+
+
+def box_to_location_tokens(processor, box_px: Sequence[float], image_size: tuple[int, int]) -> str:
+    """``<loc_x0><loc_y0><loc_x1><loc_y1>`` of a pixel box, with Florence-2's own quantizer."""
+    h, w = image_size
+    q = processor.post_processor.quantize(torch.tensor([list(box_px)], dtype=torch.float32), (w, h))[0]
+    return "".join(f"<loc_{int(v)}>" for v in q)
+
+
+def location_tokens_to_box(processor, text: str, image_size: tuple[int, int]) -> list[float]:
+    """The pixel box of the first four location tokens in ``text`` (bin centres)."""
+    h, w = image_size
+    bins = [int(v) for v in re.findall(r"<loc_(\d+)>", text)[:4]]
+    if len(bins) != 4:
+        raise ValueError(f"expected four location tokens, got {len(bins)} in {text!r}")
+    return [float(v) for v in processor.post_processor.dequantize(torch.tensor([bins]), (w, h))[0]]
+
+
+def polygons_to_mask(polygons: Sequence[Sequence[float]], image_size: tuple[int, int]) -> np.ndarray:
+    """Florence-2's polygons (flat x, y lists in pixels) filled into a bool mask."""
+    mask = np.zeros(image_size, dtype=np.uint8)
+    for poly in polygons:
+        pts = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+        if len(pts) >= 3:
+            cv2.fillPoly(mask, [np.round(pts).astype(np.int32)], 1)
+    return mask.astype(bool)
+
+
+class Florence2Region:
+    """Region caption / category / scoring / referring segmentation with Florence-2."""
+
+    uses_point_draws = False  # a box is deterministic: one draw per proposal
+    answers_questions = False  # Florence-2 has task prompts, not free questions
+    region_aware = True
+
+    def __init__(self, model, processor, *, name: str, device: torch.device, weights_random: bool) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.name = name
+        self.device = device
+        self.weights_random = weights_random
+        self.trained_on_points = True  # region input is native to Florence-2
+        self.num_image_tokens = processor.num_image_tokens
+        self.image_token_id = model.config.image_token_id
+        self._never_generate = [t for t in (self.tokenizer.pad_token_id, self.tokenizer.unk_token_id) if t is not None]
+
+    @torch.inference_mode()
+    def encode_image(self, image_rgb: np.ndarray) -> dict:
+        pixels = self.processor.image_processor(images=image_rgb, return_tensors="pt").pixel_values
+        pixels = pixels.to(self.device, self.model.dtype)
+        feats = self.model.get_image_features(pixel_values=pixels).pooler_output
+        return {"image_features": feats, "image_size": tuple(image_rgb.shape[:2])}
+
+    # -- prompts ------------------------------------------------------------------------------
+    def _box_tokens(self, cue: RegionCue, image_size: tuple[int, int]) -> str:
+        h, w = image_size
+        x0, y0, x1, y1 = cue.box_norm
+        return box_to_location_tokens(self.processor, (x0 * w, y0 * h, x1 * w, y1 * h), image_size)
+
+    def _embeds(self, features: dict, prompts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Encoder input of each prompt: the image tokens, then the task prompt's words."""
+        words = self.processor._construct_prompts(list(prompts))  # the task token -> its sentence
+        tok = self.tokenizer
+        texts = [tok.image_token * self.num_image_tokens + tok.bos_token + w + tok.eos_token for w in words]
+        enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt").to(self.device)
+        embeds = self.model.get_input_embeddings()(enc.input_ids)
+        feats = features["image_features"].to(embeds.dtype).expand(len(texts), -1, -1)
+        slots = (enc.input_ids == self.image_token_id).unsqueeze(-1).expand_as(embeds)
+        return embeds.masked_scatter(slots, feats.reshape(-1, feats.shape[-1])), enc.attention_mask
+
+    @torch.inference_mode()
+    def _generate(
+        self,
+        features: dict,
+        prompt: str,
+        *,
+        max_new_tokens: int,
+        num_beams: int,
+        timings: Timings | None,
+        keep_special: bool = False,
+    ) -> str:
+        timings = timings or Timings()
+        embeds, mask = self._embeds(features, [prompt])
+        with timings.section("generation"):
+            encoded = self.model.model.language_model.encoder(
+                inputs_embeds=embeds, attention_mask=mask, return_dict=True
+            )
+            out = self.model.generate(
+                encoder_outputs=encoded,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                do_sample=False,
+                min_new_tokens=1,
+                suppress_tokens=self._never_generate,
+            )
+        return self.tokenizer.decode(out[0], skip_special_tokens=not keep_special)
+
+    # -- the backend interface ----------------------------------------------------------------
+    def describe(
+        self,
+        features: dict,
+        cues: Sequence[RegionCue],
+        prompt: str = "",
+        *,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        timings: Timings | None = None,
+    ) -> str:
+        if prompt:
+            raise ValueError(f"{self.name} does not answer free questions: use CAPTION, or a RegionVLM model for ASK")
+        if len(cues) != 1:
+            raise ValueError(f"{self.name} describes one region at a time")
+        text = self._generate(
+            features,
+            "<REGION_TO_DESCRIPTION>" + self._box_tokens(cues[0], features["image_size"]),
+            max_new_tokens=max_new_tokens,
+            num_beams=num_beams,
+            timings=timings,
+        )
+        return _LOC.sub("", text).strip()
+
+    def category(self, features: dict, cue: RegionCue, labels_hint: str, *, timings: Timings | None = None) -> str:
+        text = self._generate(
+            features,
+            "<REGION_TO_CATEGORY>" + self._box_tokens(cue, features["image_size"]),
+            max_new_tokens=10,
+            num_beams=1,
+            timings=timings,
+        )
+        return _LOC.sub("", text).strip()
+
+    @torch.inference_mode()
+    def score_regions(
+        self,
+        features: dict,
+        cues: Sequence[RegionCue],
+        texts: Sequence[str] | str,
+        *,
+        batch_size: int = 32,
+        timings: Timings | None = None,
+    ) -> np.ndarray:
+        """Loss of each text as the ``<REGION_TO_DESCRIPTION>`` answer for each region."""
+        from transformers.models.florence2.modeling_florence2 import shift_tokens_right
+
+        timings = timings or Timings()
+        if isinstance(texts, str):
+            texts = [texts] * len(cues)
+        lm = self.model.model.language_model
+        cfg = self.model.config.text_config
+        losses = []
+        for start in range(0, len(cues), batch_size):
+            chunk = cues[start : start + batch_size]
+            prompts = ["<REGION_TO_DESCRIPTION>" + self._box_tokens(c, features["image_size"]) for c in chunk]
+            with timings.section("lm_loss"):
+                embeds, mask = self._embeds(features, prompts)
+                tok = self.tokenizer(list(texts[start : start + batch_size]), padding=True, return_tensors="pt")
+                labels = tok.input_ids.masked_fill(tok.attention_mask == 0, -100).to(self.device)
+                enc = lm.encoder(inputs_embeds=embeds, attention_mask=mask, return_dict=True)
+                dec = lm.decoder(
+                    input_ids=shift_tokens_right(labels, cfg.pad_token_id, cfg.decoder_start_token_id),
+                    encoder_hidden_states=enc.last_hidden_state,
+                    encoder_attention_mask=mask,
+                    return_dict=True,
+                ).last_hidden_state
+                losses.append(row_mean_losses(dec, labels, self.model.lm_head))
+        return torch.cat(losses).float().cpu().numpy()
+
+    def refer_native(
+        self, features: dict, text: str, image_size: tuple[int, int], *, timings: Timings | None = None
+    ) -> np.ndarray | None:
+        task = "<REFERRING_EXPRESSION_SEGMENTATION>"
+        raw = self._generate(features, task + text, max_new_tokens=256, num_beams=1, timings=timings, keep_special=True)
+        h, w = image_size
+        parsed = self.processor.post_process_generation(raw, task=task, image_size=(w, h))[task]
+        polygons = [p for instance in parsed.get("polygons", []) for p in instance]
+        return polygons_to_mask(polygons, image_size)
