@@ -66,6 +66,9 @@ class Florence2Region:
         self.num_image_tokens = processor.num_image_tokens
         self.image_token_id = model.config.image_token_id
         self._never_generate = [t for t in (self.tokenizer.pad_token_id, self.tokenizer.unk_token_id) if t is not None]
+        # a description or a category is words: location tokens would only be stripped again
+        locations = self.tokenizer.convert_tokens_to_ids([f"<loc_{i}>" for i in range(1000)])
+        self._words_only = self._never_generate + [t for t in locations if t != self.tokenizer.unk_token_id]
 
     @torch.inference_mode()
     def encode_image(self, image_rgb: np.ndarray) -> dict:
@@ -101,6 +104,7 @@ class Florence2Region:
         num_beams: int,
         timings: Timings | None,
         keep_special: bool = False,
+        words_only: bool = True,
     ) -> str:
         timings = timings or Timings()
         embeds, mask = self._embeds(features, [prompt])
@@ -115,7 +119,7 @@ class Florence2Region:
                 num_beams=num_beams,
                 do_sample=False,
                 min_new_tokens=1,
-                suppress_tokens=self._never_generate,
+                suppress_tokens=self._words_only if words_only else self._never_generate,
             )
         return self.tokenizer.decode(out[0], skip_special_tokens=not keep_special)
 
@@ -193,7 +197,9 @@ class Florence2Region:
         self, features: dict, text: str, image_size: tuple[int, int], *, timings: Timings | None = None
     ) -> np.ndarray | None:
         task = "<REFERRING_EXPRESSION_SEGMENTATION>"
-        raw = self._generate(features, task + text, max_new_tokens=256, num_beams=1, timings=timings, keep_special=True)
+        raw = self._generate(
+            features, task + text, max_new_tokens=256, num_beams=1, timings=timings, keep_special=True, words_only=False
+        )
         h, w = image_size
         parsed = self.processor.post_process_generation(raw, task=task, image_size=(w, h))[task]
         polygons = [p for instance in parsed.get("polygons", []) for p in instance]
