@@ -17,7 +17,7 @@ import torch
 from .feature_cache import FeatureCache, image_key
 from .models.backend import RegionCue, labels_hint
 from .proposals import ProposalFilter, filter_proposals
-from .refer import refer_batched
+from .refer import draw_cues, select
 from .region_text import Rounding, points_to_text
 from .regions import (
     Region,
@@ -290,10 +290,11 @@ class RegionEngine:
         timings = Timings()
         with self.lock:
             size, feats, answers = self._on_frame(image, regions, frame_key, timings)
-            for ans in answers:
-                ans.text = self.model.describe(
-                    feats, [ans.cue], "", timings=timings, **self._gen(max_new_tokens, num_beams)
-                )
+            texts = self.model.caption_each(
+                feats, [a.cue for a in answers], timings=timings, **self._gen(max_new_tokens, num_beams)
+            )
+            for ans, text in zip(answers, texts, strict=True):
+                ans.text = text
             return self._result("caption", answers, size, timings)
 
     @torch.inference_mode()
@@ -405,20 +406,20 @@ class RegionEngine:
             if not masks:
                 raise TaskError("no mask proposal survived filtering (>= 4% of the image, not along a border)")
             draws = self.config.refer_draws if self.model.uses_point_draws else 1
-
-            def score_rows(cues: list[RegionCue]) -> np.ndarray:
-                return self.model.score_regions(
-                    feats, cues, text, batch_size=self.config.score_batch_size, timings=timings
-                )
-
-            outcome = refer_batched(
-                score_rows,
+            cues = draw_cues(
                 masks,
                 points_per_draw=self.config.points_per_region,
                 draws=draws,
                 seed=self.config.seed,
                 rounding=self.config.rounding,
             )
+
+            def encode_rows():  # sentence-independent: shared by every REFER on this frame
+                return self.model.encode_cues(feats, cues, batch_size=self.config.score_batch_size, timings=timings)
+
+            encoded = self.cache.get_or_compute(key, f"refer_rows:{draws}", encode_rows)
+            losses = self.model.rows_loss(encoded, [text] * len(cues), timings=timings)
+            outcome = select(np.asarray(losses, dtype=np.float64).reshape(len(masks), draws), cues)
             boxes = [_box_list(mask_to_box(m)) for m in masks]
             sel = outcome.selected_index
             answer = RegionAnswer(

@@ -120,3 +120,31 @@ def test_bad_queries_raise_clear_errors(tiny_engine, astronaut):
         tiny_engine.classify(astronaut, [PointsRegion(np.array([[5.0, 5.0]]))], [])
     with pytest.raises(ValueError, match="H x W x 3"):
         tiny_engine.caption(np.zeros((4, 4, 4), np.uint8), [PointsRegion(np.array([[1.0, 1.0]]))])
+
+
+def test_engine_refer_equals_the_reference_procedure_and_reuses_rows(tiny_engine, astronaut):
+    """The node's REFER path (encode once, rows cached per frame) vs one full forward per row."""
+    rng = np.random.default_rng(5)
+    masks = []
+    for _ in range(4):
+        y0, x0 = rng.integers(0, 300, size=2)
+        m = np.zeros(astronaut.shape[:2], dtype=bool)
+        m[y0 : y0 + 150, x0 : x0 + 150] = True
+        masks.append(m)
+    key = "refer-equivalence"
+    tiny_engine.cache.put(key, "proposals", masks)  # as if the proposer had run on this frame
+    cfg = tiny_engine.config
+    for sentence in ("the woman in a white suit", "a rocket"):
+        ours = tiny_engine.refer(astronaut, sentence, frame_key=key)
+        ref = refer_reference(
+            lambda cue, s=sentence: tiny_engine.model.reference_loss(astronaut, cue.points_text, s),
+            masks,
+            points_per_draw=cfg.points_per_region,
+            draws=cfg.refer_draws,
+            seed=cfg.seed,
+        )
+        np.testing.assert_allclose(ours.candidate_scores, ref.scores, atol=1e-4)
+        assert ours.selected_index == ref.selected_index
+        assert np.array_equal(ours.outputs[0].mask, masks[ref.selected_index])
+    # the second sentence reused the rows: no Q-Former pass
+    assert "qformer" not in ours.timings_ms and "lm_loss" in ours.timings_ms

@@ -47,6 +47,17 @@ class RegionBackend(Protocol):
     ) -> str:
         """Caption (empty prompt) or answer ``prompt`` about the regions."""
 
+    def caption_each(
+        self,
+        features: Any,
+        cues: Sequence[RegionCue],
+        *,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        timings: Timings | None = None,
+    ) -> list[str]:
+        """One caption per region, as one batch."""
+
     def category(self, features: Any, cue: RegionCue, labels_hint: str, *, timings: Timings | None = None) -> str:
         """Free text naming the region's category (to be snapped onto a vocabulary)."""
 

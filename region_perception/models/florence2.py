@@ -147,6 +147,35 @@ class Florence2Region:
         )
         return _LOC.sub("", text).strip()
 
+    @torch.inference_mode()
+    def caption_each(
+        self,
+        features: dict,
+        cues: Sequence[RegionCue],
+        *,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        timings: Timings | None = None,
+    ) -> list[str]:
+        """A separate ``<REGION_TO_DESCRIPTION>`` for every region, generated as one batch."""
+        timings = timings or Timings()
+        prompts = ["<REGION_TO_DESCRIPTION>" + self._box_tokens(c, features["image_size"]) for c in cues]
+        embeds, mask = self._embeds(features, prompts)
+        with timings.section("generation"):
+            encoded = self.model.model.language_model.encoder(
+                inputs_embeds=embeds, attention_mask=mask, return_dict=True
+            )
+            out = self.model.generate(
+                encoder_outputs=encoded,
+                attention_mask=mask,
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                do_sample=False,
+                min_new_tokens=1,
+                suppress_tokens=self._words_only,
+            )
+        return [_LOC.sub("", t).strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
     def category(self, features: dict, cue: RegionCue, labels_hint: str, *, timings: Timings | None = None) -> str:
         text = self._generate(
             features,
@@ -158,6 +187,50 @@ class Florence2Region:
         return _LOC.sub("", text).strip()
 
     @torch.inference_mode()
+    @torch.inference_mode()
+    def encode_cues(
+        self, features: dict, cues: Sequence[RegionCue], *, batch_size: int = 32, timings: Timings | None = None
+    ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The text-independent part of scoring: each region's prompt through the encoder."""
+        timings = timings or Timings()
+        encoder = self.model.model.language_model.encoder
+        chunks = []
+        for start in range(0, len(cues), batch_size):
+            prompts = [
+                "<REGION_TO_DESCRIPTION>" + self._box_tokens(c, features["image_size"])
+                for c in cues[start : start + batch_size]
+            ]
+            with timings.section("lm_encode"):
+                embeds, mask = self._embeds(features, prompts)
+                hidden = encoder(inputs_embeds=embeds, attention_mask=mask, return_dict=True).last_hidden_state
+            chunks.append((hidden, mask))
+        return chunks
+
+    @torch.inference_mode()
+    def rows_loss(
+        self, encoded: list[tuple[torch.Tensor, torch.Tensor]], texts: Sequence[str], *, timings: Timings | None = None
+    ) -> np.ndarray:
+        """Mean token loss of ``texts[i]`` as row i's description; LM head on scored positions only."""
+        from transformers.models.florence2.modeling_florence2 import shift_tokens_right
+
+        timings = timings or Timings()
+        cfg = self.model.config.text_config
+        decoder = self.model.model.language_model.decoder
+        losses, start = [], 0
+        with timings.section("lm_loss"):
+            for hidden, mask in encoded:
+                tok = self.tokenizer(list(texts[start : start + hidden.shape[0]]), padding=True, return_tensors="pt")
+                start += hidden.shape[0]
+                labels = tok.input_ids.masked_fill(tok.attention_mask == 0, -100).to(self.device)
+                dec = decoder(
+                    input_ids=shift_tokens_right(labels, cfg.pad_token_id, cfg.decoder_start_token_id),
+                    encoder_hidden_states=hidden,
+                    encoder_attention_mask=mask,
+                    return_dict=True,
+                ).last_hidden_state
+                losses.append(row_mean_losses(dec, labels, self.model.lm_head))
+        return torch.cat(losses).float().cpu().numpy()
+
     def score_regions(
         self,
         features: dict,
@@ -168,30 +241,11 @@ class Florence2Region:
         timings: Timings | None = None,
     ) -> np.ndarray:
         """Loss of each text as the ``<REGION_TO_DESCRIPTION>`` answer for each region."""
-        from transformers.models.florence2.modeling_florence2 import shift_tokens_right
-
-        timings = timings or Timings()
         if isinstance(texts, str):
             texts = [texts] * len(cues)
-        lm = self.model.model.language_model
-        cfg = self.model.config.text_config
-        losses = []
-        for start in range(0, len(cues), batch_size):
-            chunk = cues[start : start + batch_size]
-            prompts = ["<REGION_TO_DESCRIPTION>" + self._box_tokens(c, features["image_size"]) for c in chunk]
-            with timings.section("lm_loss"):
-                embeds, mask = self._embeds(features, prompts)
-                tok = self.tokenizer(list(texts[start : start + batch_size]), padding=True, return_tensors="pt")
-                labels = tok.input_ids.masked_fill(tok.attention_mask == 0, -100).to(self.device)
-                enc = lm.encoder(inputs_embeds=embeds, attention_mask=mask, return_dict=True)
-                dec = lm.decoder(
-                    input_ids=shift_tokens_right(labels, cfg.pad_token_id, cfg.decoder_start_token_id),
-                    encoder_hidden_states=enc.last_hidden_state,
-                    encoder_attention_mask=mask,
-                    return_dict=True,
-                ).last_hidden_state
-                losses.append(row_mean_losses(dec, labels, self.model.lm_head))
-        return torch.cat(losses).float().cpu().numpy()
+        return self.rows_loss(
+            self.encode_cues(features, cues, batch_size=batch_size, timings=timings), texts, timings=timings
+        )
 
     def refer_native(
         self, features: dict, text: str, image_size: tuple[int, int], *, timings: Timings | None = None

@@ -17,7 +17,14 @@ from pathlib import Path
 import torch
 
 from .registry import TINY_MODELS, TINY_SAM, backend_of, tiny_fallback
-from .tiny import RANDOM_WEIGHTS_MARKER, build_tiny_florence2, build_tiny_regionvlm, cache_dir, is_current_tiny
+from .tiny import (
+    BENCH_REGIONVLM_SIZES,
+    RANDOM_WEIGHTS_MARKER,
+    build_tiny_florence2,
+    build_tiny_regionvlm,
+    cache_dir,
+    is_current_tiny,
+)
 
 log = logging.getLogger("region_perception")
 
@@ -67,6 +74,8 @@ def tiny_path(name: str) -> Path:
             build_tiny_regionvlm(path)
         elif name == "tiny-florence2":
             build_tiny_florence2(path)
+        elif name == "bench-regionvlm":
+            build_tiny_regionvlm(path, name=name, sizes=BENCH_REGIONVLM_SIZES)
         elif name == TINY_SAM:
             from .sam import build_tiny_sam
 

@@ -75,7 +75,9 @@ class RegionVLMModel:
         """Language-model input embeddings of each region: (R, num_query_tokens, lm_hidden)."""
         enc = self.qformer_tokenizer(list(region_texts), padding=True, return_tensors="pt").to(self.device)
         rows = len(region_texts)
-        image_embeds = features.image_embeds.expand(rows, -1, -1)
+        # The image keeps batch size 1: the cross-attention's key/value projections of the
+        # image are computed once and broadcast over the rows, not once per row.
+        image_embeds = features.image_embeds
         query_tokens = self.model.query_tokens.expand(rows, -1, -1)
         query_mask = torch.ones(query_tokens.shape[:2], dtype=torch.long, device=self.device)
         out = self.model.qformer(
@@ -139,30 +141,102 @@ class RegionVLMModel:
             )
         return self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
 
+    @torch.inference_mode()
+    def caption_each(
+        self,
+        features: ImageFeatures,
+        cues,
+        *,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        timings: Timings | None = None,
+    ) -> list[str]:
+        """A separate caption for every region, generated as one batch."""
+        timings = timings or Timings()
+        with timings.section("qformer"):
+            tokens = self.region_tokens(features, [c.points_text for c in cues])
+        embeds = torch.cat([self._prompt_embeds(tokens[i : i + 1], ["", ""]) for i in range(len(cues))])
+        with timings.section("generation"):
+            out = self.model.language_model.generate(
+                inputs_embeds=embeds,
+                attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                min_new_tokens=1,
+                do_sample=False,
+                suppress_tokens=self._never_generate,
+            )
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
     def _labels(self, texts: Sequence[str]) -> torch.Tensor:
         enc = self.tokenizer(list(texts), padding=True, return_tensors="pt")
         labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
         return labels.to(self.device)
 
-    def _row_losses(self, embeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of each row's labels; the LM head only sees labelled positions."""
+    def _is_t5(self) -> bool:
         lm = self.model.language_model
-        mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device)
-        if hasattr(lm, "_shift_right") and hasattr(lm, "lm_head"):  # T5
-            enc = lm.get_encoder()(inputs_embeds=embeds, attention_mask=mask, return_dict=True)
-            dec = lm.get_decoder()(
-                input_ids=lm._shift_right(labels),
-                encoder_hidden_states=enc.last_hidden_state,
-                encoder_attention_mask=mask,
-                return_dict=True,
-            ).last_hidden_state
-            if getattr(lm.config, "scale_decoder_outputs", False):
-                dec = dec * (lm.config.d_model**-0.5)
-            return row_mean_losses(dec, labels, lm.lm_head)
-        logits = lm(inputs_embeds=embeds, attention_mask=mask, labels=labels, return_dict=True).logits
-        return row_mean_losses(logits, labels, lambda x: x)
+        return hasattr(lm, "_shift_right") and hasattr(lm, "lm_head")
 
     @torch.inference_mode()
+    def encode_rows(
+        self,
+        features: ImageFeatures,
+        region_texts: Sequence[str],
+        *,
+        batch_size: int = 32,
+        timings: Timings | None = None,
+    ) -> list[torch.Tensor]:
+        """The part of scoring that does not depend on the text: Q-Former and LM encoder.
+
+        One tensor per batch of rows: the T5 encoder's output (or, for a decoder-only LM,
+        its input embeddings). Several sentences on the same rows reuse it.
+        """
+        timings = timings or Timings()
+        chunks = []
+        for start in range(0, len(region_texts), batch_size):
+            chunk = region_texts[start : start + batch_size]
+            with timings.section("qformer"):
+                tokens = self.region_tokens(features, chunk)
+            with timings.section("lm_encode"):
+                prefix = self._prompt_embeds(tokens[:1], ["", ""])  # layout of one row
+                embeds = prefix.expand(len(chunk), -1, -1).clone()
+                embeds[:, : self.num_query_tokens] = tokens.to(embeds.dtype)  # the image slots lead the row
+                if self._is_t5():
+                    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device)
+                    embeds = self.model.language_model.get_encoder()(
+                        inputs_embeds=embeds, attention_mask=mask, return_dict=True
+                    ).last_hidden_state
+            chunks.append(embeds)
+        return chunks
+
+    @torch.inference_mode()
+    def rows_loss(
+        self, encoded: list[torch.Tensor], texts: Sequence[str], *, timings: Timings | None = None
+    ) -> np.ndarray:
+        """Mean token loss of ``texts[i]`` for row i; the LM head only sees scored positions."""
+        timings = timings or Timings()
+        lm = self.model.language_model
+        losses, start = [], 0
+        with timings.section("lm_loss"):
+            for hidden in encoded:
+                labels = self._labels(texts[start : start + hidden.shape[0]])
+                start += hidden.shape[0]
+                mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=self.device)
+                if self._is_t5():
+                    dec = lm.get_decoder()(
+                        input_ids=lm._shift_right(labels),
+                        encoder_hidden_states=hidden,
+                        encoder_attention_mask=mask,
+                        return_dict=True,
+                    ).last_hidden_state
+                    if getattr(lm.config, "scale_decoder_outputs", False):
+                        dec = dec * (lm.config.d_model**-0.5)
+                    losses.append(row_mean_losses(dec, labels, lm.lm_head))
+                else:
+                    logits = lm(inputs_embeds=hidden, attention_mask=mask, labels=labels, return_dict=True).logits
+                    losses.append(row_mean_losses(logits, labels, lambda x: x))
+        return torch.cat(losses).float().cpu().numpy()
+
     def score_texts(
         self,
         features: ImageFeatures,
@@ -177,24 +251,12 @@ class RegionVLMModel:
         The captioning prompt is empty, as in RegionVLM's referring evaluation: lower loss
         means the text describes the region better. Rows are scored in batches.
         """
-        timings = timings or Timings()
         if isinstance(texts, str):
             texts = [texts] * len(region_texts)
         if len(texts) != len(region_texts):
             raise ValueError("score_texts needs one text per region text")
-        losses = []
-        for start in range(0, len(region_texts), batch_size):
-            chunk_regions = region_texts[start : start + batch_size]
-            with timings.section("qformer"):
-                tokens = self.region_tokens(features, chunk_regions)
-            with timings.section("lm_loss"):
-                prefix = self._prompt_embeds(tokens[:1], ["", ""])  # layout of one row
-                slots = self.num_query_tokens
-                embeds = prefix.expand(len(chunk_regions), -1, -1).clone()
-                embeds[:, :slots] = tokens.to(embeds.dtype)  # the image slots lead the row
-                labels = self._labels(texts[start : start + batch_size])
-                losses.append(self._row_losses(embeds, labels))
-        return torch.cat(losses).float().cpu().numpy()
+        encoded = self.encode_rows(features, region_texts, batch_size=batch_size, timings=timings)
+        return self.rows_loss(encoded, texts, timings=timings)
 
     @torch.inference_mode()
     def reference_loss(self, image_rgb: np.ndarray, region_text: str, text: str) -> float:
@@ -248,6 +310,10 @@ class RegionVLMModel:
         self, features: ImageFeatures, cues, texts, *, batch_size: int = 32, timings: Timings | None = None
     ) -> np.ndarray:
         return self.score_texts(features, [c.points_text for c in cues], texts, batch_size=batch_size, timings=timings)
+
+    def encode_cues(self, features: ImageFeatures, cues, *, batch_size: int = 32, timings: Timings | None = None):
+        """Text-independent part of :meth:`score_regions`, for several sentences on one frame."""
+        return self.encode_rows(features, [c.points_text for c in cues], batch_size=batch_size, timings=timings)
 
     def refer_native(self, features, text: str, image_size, *, timings: Timings | None = None):
         return None  # RegionVLM refers by scoring proposals

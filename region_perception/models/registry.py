@@ -89,7 +89,7 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 DEFAULT_MODEL = "florence-community/Florence-2-base"
-TINY_MODELS = {"tiny-regionvlm", "tiny-florence2"}
+TINY_MODELS = {"tiny-regionvlm", "tiny-florence2", "bench-regionvlm"}
 TINY_SAM = "tiny-sam"
 
 

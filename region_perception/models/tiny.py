@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 RANDOM_WEIGHTS_MARKER = "RANDOM_WEIGHTS"  # a file in a model directory: its weights are random
-TINY_VERSION = "2"  # bump when a tiny model's recipe changes: cached builds are then rebuilt
+TINY_VERSION = "3"  # bump when a tiny model's recipe changes: cached builds are then rebuilt
 _SEED = 1234
 
 # Words for the tiny tokenizers: enough that random generations decode into words.
@@ -189,17 +189,54 @@ def mark_random(out: Path, what: str) -> None:
     )
 
 
-def build_tiny_regionvlm(
-    out: Path,
-    *,
-    image_size: int = 112,
-    hidden: int = 64,
-    vision_layers: int = 2,
-    qformer_layers: int = 2,
-    lm_layers: int = 2,
-    num_query_tokens: int = 8,
-) -> Path:
-    """A small InstructBLIP + T5 (RegionVLM's architecture) with random weights."""
+TINY_REGIONVLM_SIZES = {
+    "real": False,
+    "image_size": 112,
+    "patch_size": 16,
+    "vision_hidden": 64,
+    "vision_layers": 2,
+    "vision_heads": 4,
+    "qformer_hidden": 64,
+    "qformer_layers": 2,
+    "qformer_heads": 4,
+    "qformer_vocab": 0,
+    "num_query_tokens": 8,
+    "lm_hidden": 64,
+    "lm_d_kv": 16,
+    "lm_ff": 128,
+    "lm_layers": 2,
+    "lm_heads": 4,
+    "lm_vocab": 0,
+}
+# Real layer sizes for benchmarks (weights do not change compute): a ViT-B/16 vision tower
+# at 224 px, BLIP-2's Q-Former (768 wide, 12 layers, 32 queries, BERT vocabulary) and a
+# T5-small language model with T5's vocabulary.
+BENCH_REGIONVLM_SIZES = {
+    "real": True,
+    "image_size": 224,
+    "patch_size": 16,
+    "vision_hidden": 768,
+    "vision_layers": 12,
+    "vision_heads": 12,
+    "qformer_hidden": 768,
+    "qformer_layers": 12,
+    "qformer_heads": 12,
+    "qformer_vocab": 30522,
+    "num_query_tokens": 32,
+    "lm_hidden": 512,
+    "lm_d_kv": 64,
+    "lm_ff": 2048,
+    "lm_layers": 6,
+    "lm_heads": 8,
+    "lm_vocab": 32128,
+}
+
+
+def build_tiny_regionvlm(out: Path, *, name: str = "tiny-regionvlm", sizes: dict | None = None) -> Path:
+    """An InstructBLIP + T5 (RegionVLM's architecture) with random weights.
+
+    ``sizes`` overrides the toy sizes (see :data:`BENCH_REGIONVLM_SIZES` for real ones).
+    """
     from transformers import (
         BlipImageProcessor,
         InstructBlipConfig,
@@ -210,55 +247,59 @@ def build_tiny_regionvlm(
         T5Config,
     )
 
+    z = {**TINY_REGIONVLM_SIZES, **(sizes or {})}
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(_SEED)
     lm_tok = _word_level_tokenizer("t5")
     q_tok = _word_level_tokenizer("bert")
-    image_processor = BlipImageProcessor(size={"height": image_size, "width": image_size})
+    image_processor = BlipImageProcessor(size={"height": z["image_size"], "width": z["image_size"]})
     processor = InstructBlipProcessor(
-        image_processor=image_processor, tokenizer=lm_tok, qformer_tokenizer=q_tok, num_query_tokens=num_query_tokens
+        image_processor=image_processor,
+        tokenizer=lm_tok,
+        qformer_tokenizer=q_tok,
+        num_query_tokens=z["num_query_tokens"],
     )
     image_token_id = lm_tok.convert_tokens_to_ids("<image>")
     config = InstructBlipConfig(
         vision_config=InstructBlipVisionConfig(
-            hidden_size=hidden,
-            intermediate_size=hidden * 2,
-            num_hidden_layers=vision_layers,
-            num_attention_heads=4,
-            image_size=image_size,
-            patch_size=16,
+            hidden_size=z["vision_hidden"],
+            intermediate_size=z["vision_hidden"] * 4 if z["real"] else z["vision_hidden"] * 2,
+            num_hidden_layers=z["vision_layers"],
+            num_attention_heads=z["vision_heads"],
+            image_size=z["image_size"],
+            patch_size=z["patch_size"],
         ).to_dict(),
         qformer_config=InstructBlipQFormerConfig(
-            vocab_size=len(q_tok),
-            hidden_size=hidden,
-            num_hidden_layers=qformer_layers,
-            num_attention_heads=4,
-            intermediate_size=hidden * 2,
-            encoder_hidden_size=hidden,
+            vocab_size=max(len(q_tok), z["qformer_vocab"]),
+            hidden_size=z["qformer_hidden"],
+            num_hidden_layers=z["qformer_layers"],
+            num_attention_heads=z["qformer_heads"],
+            intermediate_size=z["qformer_hidden"] * 4 if z["real"] else z["qformer_hidden"] * 2,
+            encoder_hidden_size=z["vision_hidden"],
             pad_token_id=q_tok.pad_token_id,
-            max_position_embeddings=128,
+            max_position_embeddings=512,
         ).to_dict(),
         text_config=T5Config(
-            vocab_size=len(lm_tok),
-            d_model=hidden,
-            d_kv=16,
-            d_ff=hidden * 2,
-            num_layers=lm_layers,
-            num_decoder_layers=lm_layers,
-            num_heads=4,
+            vocab_size=max(len(lm_tok), z["lm_vocab"]),
+            d_model=z["lm_hidden"],
+            d_kv=z["lm_d_kv"],
+            d_ff=z["lm_ff"],
+            num_layers=z["lm_layers"],
+            num_decoder_layers=z["lm_layers"],
+            num_heads=z["lm_heads"],
             pad_token_id=lm_tok.pad_token_id,
             eos_token_id=lm_tok.eos_token_id,
             decoder_start_token_id=lm_tok.pad_token_id,
             bos_token_id=lm_tok.pad_token_id,
             tie_word_embeddings=False,
         ).to_dict(),
-        num_query_tokens=num_query_tokens,
+        num_query_tokens=z["num_query_tokens"],
         image_token_index=image_token_id,
     )
     model = InstructBlipForConditionalGeneration(config).eval()
     model.save_pretrained(out)
     processor.save_pretrained(out)
-    mark_random(out, "tiny-regionvlm")
+    mark_random(out, name)
     (out / "region_perception.json").write_text(json.dumps({"regionvlm_points": True}))
     return out
