@@ -9,7 +9,7 @@ ifndef ROS_DOMAIN_ID
 export ROS_DOMAIN_ID := $(shell python3 -c 'import random; print(random.randint(1, 101))')
 endif
 
-.PHONY: setup test demo lint colcon clean
+.PHONY: setup test demo bench lint colcon clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -21,6 +21,10 @@ test: setup
 # a scripted set of queries, overlays saved under demo_out/.
 demo: setup
 	$(PY) -m region_perception.ros.demo
+
+# Speed and memory against the performance goals; rewrites docs/benchmarks.md.
+bench: setup
+	HF_HUB_OFFLINE=1 $(PY) -m region_perception.cli bench --out docs/benchmarks.md
 
 lint: setup
 	$(PY) -m ruff check .

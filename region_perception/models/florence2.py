@@ -247,6 +247,18 @@ class Florence2Region:
             self.encode_cues(features, cues, batch_size=batch_size, timings=timings), texts, timings=timings
         )
 
+    @torch.inference_mode()
+    def reference_row_loss(self, image_rgb: np.ndarray, cue: RegionCue, text: str) -> float:
+        """The unsplit procedure: processor and full forward (vision tower included) per row."""
+        h, w = image_rgb.shape[:2]
+        x0, y0, x1, y1 = cue.box_norm
+        prompt = "<REGION_TO_DESCRIPTION>" + box_to_location_tokens(
+            self.processor, (x0 * w, y0 * h, x1 * w, y1 * h), (h, w)
+        )
+        inputs = self.processor(text=prompt, images=image_rgb, return_tensors="pt").to(self.device)
+        labels = self.tokenizer([text], return_tensors="pt").input_ids.to(self.device)
+        return float(self.model(**inputs, labels=labels).loss)
+
     def refer_native(
         self, features: dict, text: str, image_size: tuple[int, int], *, timings: Timings | None = None
     ) -> np.ndarray | None:

@@ -315,5 +315,9 @@ class RegionVLMModel:
         """Text-independent part of :meth:`score_regions`, for several sentences on one frame."""
         return self.encode_rows(features, [c.points_text for c in cues], batch_size=batch_size, timings=timings)
 
+    def reference_row_loss(self, image_rgb: np.ndarray, cue: RegionCue, text: str) -> float:
+        """:meth:`reference_loss` for a cue (the benchmark's reference procedure)."""
+        return self.reference_loss(image_rgb, cue.points_text, text)
+
     def refer_native(self, features, text: str, image_size, *, timings: Timings | None = None):
         return None  # RegionVLM refers by scoring proposals

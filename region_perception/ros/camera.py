@@ -32,9 +32,20 @@ def bundled_photos() -> list[tuple[str, np.ndarray]]:
     return [(name, getattr(data, name)()) for name in BUNDLED]
 
 
-def frames_from(source: str | None, loop: bool) -> Iterator[tuple[str, np.ndarray]]:
-    """(name, RGB frame) pairs from the source, forever when ``loop``."""
+def frames_from(source: str | None, loop: bool, decoded: dict | None = None) -> Iterator[tuple[str, np.ndarray | None]]:
+    """(name, RGB frame) pairs from the source, forever when ``loop``.
+
+    Still images whose name is in ``decoded`` (the caller's cache) are not read again:
+    their frame is yielded as None.
+    """
+    first = True
     while True:
+        if decoded and not first:
+            yield from ((name, None) for name in list(decoded))
+            if not loop:
+                return
+            continue
+        first = False
         if source is None:
             yield from bundled_photos()
         else:
@@ -105,21 +116,31 @@ def main(argv: list[str] | None = None) -> int:
     pub = node.create_publisher(Image, args.topic, qos)
     period = 1.0 / args.rate if args.rate > 0 else 0.0
     sent = 0
+    cache: dict[str, Image] = {}  # still images are converted once, then only re-stamped
+    is_video = (
+        args.source is not None
+        and Path(args.source).is_file()
+        and Path(args.source).suffix.lower() not in IMAGE_SUFFIXES
+    )
+    next_time = time.monotonic()
     try:
-        for name, frame in frames_from(args.source, loop=not args.once):
-            frame = resize(frame, args.width, args.height)
-            data = frame if args.encoding == "rgb8" else cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
-            msg = array_to_image_msg(data, args.encoding)
+        for name, frame in frames_from(args.source, loop=not args.once, decoded=None if is_video else cache):
+            msg = cache.get(name)
+            if msg is None:
+                frame = resize(frame, args.width, args.height)
+                data = frame if args.encoding == "rgb8" else cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+                msg = array_to_image_msg(data, args.encoding)
+                msg.header.frame_id = args.frame_id
+                if not is_video:
+                    cache[name] = msg
             msg.header.stamp = node.get_clock().now().to_msg()
-            msg.header.frame_id = args.frame_id
             pub.publish(msg)
             sent += 1
-            node.get_logger().debug(f"published {name} ({frame.shape[1]}x{frame.shape[0]})")
             if args.count and sent >= args.count:
                 break
-            deadline = time.monotonic() + period
-            while time.monotonic() < deadline:
-                rclpy.spin_once(node, timeout_sec=max(0.0, deadline - time.monotonic()))
+            next_time += period  # a steady rate, whatever publishing took
+            while time.monotonic() < next_time:
+                rclpy.spin_once(node, timeout_sec=max(0.0, next_time - time.monotonic()))
     except FileNotFoundError as exc:
         print(f"region-perception-camera: error: {exc}", file=sys.stderr)
         return 2
