@@ -9,7 +9,7 @@ ifndef ROS_DOMAIN_ID
 export ROS_DOMAIN_ID := $(shell python3 -c 'import random; print(random.randint(1, 101))')
 endif
 
-.PHONY: setup test demo bench lint colcon clean
+.PHONY: setup test demo bench soak lint colcon clean
 
 setup:
 	@bash scripts/setup_env.sh
@@ -25,6 +25,11 @@ demo: setup
 # Speed and memory against the performance goals; rewrites docs/benchmarks.md.
 bench: setup
 	HF_HUB_OFFLINE=1 $(PY) -m region_perception.cli bench --out docs/benchmarks.md
+
+# Reliability soak (not in CI): 30 Hz camera + 2 Hz queries for SOAK_MINUTES minutes.
+SOAK_MINUTES ?= 10
+soak: setup
+	HF_HUB_OFFLINE=1 $(PY) -m region_perception.ros.soak --minutes $(SOAK_MINUTES) --json bench_out/soak.json
 
 lint: setup
 	$(PY) -m ruff check .

@@ -67,6 +67,7 @@ class EngineConfig:
     max_image_pixels: int = 4096 * 4096
     max_text_chars: int = 2000
     trust_remote_code: bool = False
+    fault_every: int = 0  # testing aid: every Nth model call raises (0 = off)
     proposal_filter: ProposalFilter = field(default_factory=ProposalFilter)
 
     @classmethod
@@ -180,6 +181,10 @@ class RegionEngine:
         dtype = resolve_dtype(config.dtype, device)
         cache = FeatureCache(config.feature_cache_frames)
         model = load_region_model(config.model, device, dtype, trust_remote_code=config.trust_remote_code)
+        if config.fault_every > 0:
+            from .models.faults import FaultInjectingBackend
+
+            model = FaultInjectingBackend(model, config.fault_every)
         segmenter = None
         if config.segmenter not in ("", "none"):
             segmenter = load_segmenter(config.segmenter, config.segmenter_backend, cache, device)
@@ -448,6 +453,12 @@ class RegionEngine:
         box = _box_list(mask_to_box(mask)) if mask.any() else []
         answer = RegionAnswer(text=text, mask=mask, box=box)
         return self._result("refer", [answer], size, timings, selected_index=0 if mask.any() else -1, notes=notes)
+
+    def free_memory(self) -> None:
+        """Drop every frame's cached features (and CUDA's cached blocks): the OOM recovery."""
+        self.cache.clear()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
     def unload(self) -> None:
         """Free the model and cached features (GPU memory back to the driver)."""

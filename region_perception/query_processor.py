@@ -60,12 +60,21 @@ class Outcome:
     inference_ms: float = 0.0
     latency_ms: float = 0.0
     spec: QuerySpec | None = None
+    release_id: bool = True
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """CUDA (or CPU allocator) out of memory, whatever class the runtime raised."""
+    import torch
+
+    return isinstance(exc, (torch.cuda.OutOfMemoryError, MemoryError)) or "out of memory" in str(exc).lower()
 
 
 class _Job:
     """A query in flight; ``finish`` delivers its outcome once, whoever calls it first."""
 
     def __init__(self, spec: QuerySpec, frame: Frame | None, deliver: Callable[[Outcome], None]) -> None:
+        self.release_id = True  # False for a refused duplicate: the original still holds the id
         self.spec = spec
         self.frame = frame
         self.received = time.monotonic()
@@ -81,6 +90,7 @@ class _Job:
             self._done = True
         outcome.latency_ms = (time.monotonic() - self.received) * 1000.0
         outcome.spec = self.spec
+        outcome.release_id = self.release_id
         outcome.frame = outcome.frame or self.frame
         self._deliver(outcome)
         return True
@@ -113,6 +123,7 @@ class QueryProcessor:
         self._awaiting_lock = threading.Lock()
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max(1, queue_size))
         self._pending: dict[int, _Job] = {}
+        self._in_flight: set[str] = set()  # query ids not answered yet (duplicates are refused)
         self._pending_lock = threading.Lock()
         self._ids = itertools.count(1)
         self._stopping = False
@@ -158,6 +169,21 @@ class QueryProcessor:
             spec.timeout_s = self.default_timeout_s
         frame = spec.frame
         job = _Job(spec, frame, self._count_and_deliver)
+        with self._pending_lock:
+            duplicate = spec.query_id in self._in_flight
+            if not duplicate:
+                self._in_flight.add(spec.query_id)
+        if duplicate:  # answered now, and the first query with that id is not disturbed
+            job.release_id = False
+            job.finish(
+                Outcome(
+                    spec.query_id,
+                    spec.task,
+                    Status.INVALID_QUERY,
+                    f"query_id {spec.query_id!r} is already pending: wait for its result or use a new id",
+                )
+            )
+            return
         if self._stopping:
             job.finish(Outcome(spec.query_id, spec.task, Status.SHUTTING_DOWN, "the node is shutting down"))
             return
@@ -170,7 +196,7 @@ class QueryProcessor:
             try:
                 job.frame = self.frames.find(spec.stamp_ns)  # resolved now: eviction can't lose it later
             except FrameLookupError as exc:
-                if exc.not_yet and self.frame_wait_s > 0:
+                if exc.not_yet and self.frame_wait_s > 0 and len(self._awaiting) < self._queue.maxsize:
                     # the query overtook its frame on the wire: wait for the frame a little
                     with self._awaiting_lock:
                         self._awaiting.append((job, time.monotonic() + self.frame_wait_s))
@@ -280,7 +306,20 @@ class QueryProcessor:
         except (ValueError, ImageError) as exc:
             return fail(Status.BAD_IMAGE, str(exc))
         try:
-            result = self._run_task(spec, image, frame.key)
+            try:
+                result = self._run_task(spec, image, frame.key)
+            except Exception as exc:
+                if not is_out_of_memory(exc):
+                    raise
+                # out of memory: free the cached features of every frame and try once more
+                log.warning("query %s ran out of memory; freeing cached features and retrying once", spec.query_id)
+                self.engine.free_memory()
+                try:
+                    result = self._run_task(spec, image, frame.key)
+                except Exception as again:
+                    if is_out_of_memory(again):
+                        return fail(Status.MODEL_ERROR, f"out of memory, also after freeing cached features: {again}")
+                    raise
         except (RegionError, TaskError) as exc:
             return fail(Status.INVALID_QUERY, str(exc))
         except ImageError as exc:
@@ -313,6 +352,9 @@ class QueryProcessor:
         return jobs
 
     def _count_and_deliver(self, outcome: Outcome) -> None:
+        if outcome.spec is not None and getattr(outcome, "release_id", True):
+            with self._pending_lock:
+                self._in_flight.discard(outcome.query_id)
         self.answered[outcome.status] += 1
         self.latencies_ms.append(outcome.latency_ms)
         if outcome.status == Status.OK:

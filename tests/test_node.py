@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -13,9 +12,8 @@ from geometry_msgs.msg import Point32
 
 from region_perception.msg import Region, RegionQuery, RegionResult
 from region_perception.ros.image_conversion import array_to_image_msg
+from region_perception.ros.processes import camera_command, node_command
 from region_perception.srv import QueryRegions
-
-from .conftest import REPO
 
 pytestmark = pytest.mark.slow
 ASTRONAUT = (512, 512)
@@ -27,35 +25,20 @@ def system(child_env_module, tmp_path_factory):
     env = child_env_module
     log = open(tmp_path_factory.mktemp("node") / "node.log", "w")
     node = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "region_perception.ros.node",
-            "--ros-args",
-            "--params-file",
-            str(REPO / "config" / "default.yaml"),
-            "-p",
-            "image_reliability:=reliable",
-            "-p",
-            "image_qos_depth:=5",
-            "-p",
-            "model:=tiny-regionvlm",
-            "-p",
-            "queue_size:=4",
-            "-p",
-            "frame_buffer_size:=10",
-            "-p",
-            "diagnostics_period_s:=0.5",
-        ],
+        node_command(
+            model="tiny-regionvlm",
+            image_reliability="reliable",
+            image_qos_depth=5,
+            queue_size=4,
+            frame_buffer_size=10,
+            diagnostics_period_s=0.5,
+        ),
         env=env,
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     camera = subprocess.Popen(
-        [sys.executable, "-m", "region_perception.ros.camera", "--rate", "5", "--reliable"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        camera_command("--rate", "5", "--reliable"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     from .helpers.ros_client import RosClient
 

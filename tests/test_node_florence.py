@@ -8,16 +8,15 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from region_perception.msg import RegionQuery, RegionResult
 from region_perception.ros.image_conversion import array_to_image_msg
+from region_perception.ros.processes import node_command
 from region_perception.srv import QueryRegions
 
-from .conftest import REPO
 from .test_node import box, points, query
 
 pytestmark = pytest.mark.slow
@@ -28,18 +27,7 @@ def test_the_node_runs_florence2_by_changing_the_model_parameter_only(child_env,
     from .helpers.ros_client import RosClient
 
     node = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "region_perception.ros.node",
-            "--ros-args",
-            "--params-file",
-            str(REPO / "config" / "default.yaml"),
-            "-p",
-            "model:=tiny-florence2",
-            "-p",
-            "diagnostics_period_s:=0.5",
-        ],
+        node_command(model="tiny-florence2", diagnostics_period_s=0.5),
         env=child_env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

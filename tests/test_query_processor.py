@@ -24,8 +24,8 @@ def frame(stamp_ns: int, image=IMAGE) -> Frame:
 class FakeEngine:
     """Answers instantly (or slowly, or by failing) and records what it was asked."""
 
-    def __init__(self, delay: float = 0.0, fail_every: int = 0) -> None:
-        self.delay, self.fail_every, self.calls = delay, fail_every, []
+    def __init__(self, delay: float = 0.0, fail_every: int = 0, failure: str = "driver fault (injected)") -> None:
+        self.delay, self.fail_every, self.calls, self.failure, self.freed = delay, fail_every, [], failure, 0
         self.gate = threading.Event()
         self.gate.set()
 
@@ -34,8 +34,11 @@ class FakeEngine:
         self.calls.append((name, key))
         time.sleep(self.delay)
         if self.fail_every and len(self.calls) % self.fail_every == 0:
-            raise RuntimeError("CUDA out of memory (injected)")
+            raise RuntimeError(self.failure)
         return f"{name}:{key}"
+
+    def free_memory(self):
+        self.freed += 1
 
     def caption(self, image, regions, frame_key=None, **kw):
         if not regions:
@@ -176,7 +179,42 @@ def test_model_faults_become_model_error_and_the_worker_survives():
     proc.stop()
     statuses = [o.status for o in sorted(outcomes, key=lambda o: int(o.query_id[1:]))]
     assert statuses == [Status.OK, Status.OK, Status.MODEL_ERROR] * 3
-    assert "out of memory" in outcomes[2].error
+    assert "driver fault" in outcomes[2].error
+
+
+def test_out_of_memory_frees_cached_features_and_retries_once():
+    engine = FakeEngine(fail_every=2, failure="CUDA out of memory. Tried to allocate 2.00 GiB")
+    proc, frames, outcomes = make(engine)
+    frames.add(frame(1))
+    proc.start()
+    proc.submit(caption("first"))  # call 1 ok
+    proc.submit(caption("second"))  # call 2 OOM -> freed -> call 3 ok
+    wait_for(outcomes, 2)
+    assert [o.status for o in outcomes] == [Status.OK, Status.OK] and engine.freed == 1
+    engine.fail_every = 1  # now every call runs out of memory
+    proc.submit(caption("third"))
+    wait_for(outcomes, 3)
+    proc.stop()
+    assert outcomes[2].status == Status.MODEL_ERROR and "also after freeing" in outcomes[2].error
+
+
+def test_duplicate_query_ids_are_refused_while_pending_and_reusable_after():
+    engine = FakeEngine()
+    engine.gate.clear()
+    proc, frames, outcomes = make(engine)
+    frames.add(frame(1))
+    proc.start()
+    proc.submit(caption("same"))
+    proc.submit(caption("same"))
+    time.sleep(0.05)
+    assert len(outcomes) == 1 and outcomes[0].status == Status.INVALID_QUERY and "already pending" in outcomes[0].error
+    engine.gate.set()
+    wait_for(outcomes, 2)
+    assert outcomes[1].status == Status.OK
+    proc.submit(caption("same"))  # answered: the id is free again
+    wait_for(outcomes, 3)
+    proc.stop()
+    assert outcomes[2].status == Status.OK
 
 
 def test_invalid_queries():

@@ -139,3 +139,8 @@ def test_sampled_points_always_fall_in_the_mask(h, w, y0, x0, seed):
     norm = normalize_points(pts, mask.shape)
     assert ((norm >= 0) & (norm < 1)).all()
     assert mask[pts[:, 1].astype(int), pts[:, 0].astype(int)].all()
+
+
+def test_all_ones_mask_is_the_whole_image():
+    region = validate(MaskRegion(np.ones(SIZE, dtype=np.uint8)), SIZE)
+    assert region.mask.all() and mask_to_box(region.mask).tolist() == [0, 0, 64, 48]

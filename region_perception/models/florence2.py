@@ -98,16 +98,17 @@ class Florence2Region:
     def _generate(
         self,
         features: dict,
-        prompt: str,
+        prompts: Sequence[str],
         *,
         max_new_tokens: int,
         num_beams: int,
         timings: Timings | None,
         keep_special: bool = False,
         words_only: bool = True,
-    ) -> str:
+    ) -> list[str]:
+        """One generation per prompt, as one batch (the prompts of one task have one length)."""
         timings = timings or Timings()
-        embeds, mask = self._embeds(features, [prompt])
+        embeds, mask = self._embeds(features, prompts)
         with timings.section("generation"):
             encoded = self.model.model.language_model.encoder(
                 inputs_embeds=embeds, attention_mask=mask, return_dict=True
@@ -121,7 +122,11 @@ class Florence2Region:
                 min_new_tokens=1,
                 suppress_tokens=self._words_only if words_only else self._never_generate,
             )
-        return self.tokenizer.decode(out[0], skip_special_tokens=not keep_special)
+        texts = self.tokenizer.batch_decode(out, skip_special_tokens=not keep_special)
+        return texts if keep_special else [_LOC.sub("", t).strip() for t in texts]
+
+    def _describe_prompt(self, cue: RegionCue, features: dict) -> str:
+        return "<REGION_TO_DESCRIPTION>" + self._box_tokens(cue, features["image_size"])
 
     # -- the backend interface ----------------------------------------------------------------
     def describe(
@@ -138,16 +143,8 @@ class Florence2Region:
             raise ValueError(f"{self.name} does not answer free questions: use CAPTION, or a RegionVLM model for ASK")
         if len(cues) != 1:
             raise ValueError(f"{self.name} describes one region at a time")
-        text = self._generate(
-            features,
-            "<REGION_TO_DESCRIPTION>" + self._box_tokens(cues[0], features["image_size"]),
-            max_new_tokens=max_new_tokens,
-            num_beams=num_beams,
-            timings=timings,
-        )
-        return _LOC.sub("", text).strip()
+        return self.caption_each(features, cues, max_new_tokens=max_new_tokens, num_beams=num_beams, timings=timings)[0]
 
-    @torch.inference_mode()
     def caption_each(
         self,
         features: dict,
@@ -158,35 +155,13 @@ class Florence2Region:
         timings: Timings | None = None,
     ) -> list[str]:
         """A separate ``<REGION_TO_DESCRIPTION>`` for every region, generated as one batch."""
-        timings = timings or Timings()
-        prompts = ["<REGION_TO_DESCRIPTION>" + self._box_tokens(c, features["image_size"]) for c in cues]
-        embeds, mask = self._embeds(features, prompts)
-        with timings.section("generation"):
-            encoded = self.model.model.language_model.encoder(
-                inputs_embeds=embeds, attention_mask=mask, return_dict=True
-            )
-            out = self.model.generate(
-                encoder_outputs=encoded,
-                attention_mask=mask,
-                max_new_tokens=max_new_tokens,
-                num_beams=num_beams,
-                do_sample=False,
-                min_new_tokens=1,
-                suppress_tokens=self._words_only,
-            )
-        return [_LOC.sub("", t).strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        prompts = [self._describe_prompt(c, features) for c in cues]
+        return self._generate(features, prompts, max_new_tokens=max_new_tokens, num_beams=num_beams, timings=timings)
 
     def category(self, features: dict, cue: RegionCue, labels_hint: str, *, timings: Timings | None = None) -> str:
-        text = self._generate(
-            features,
-            "<REGION_TO_CATEGORY>" + self._box_tokens(cue, features["image_size"]),
-            max_new_tokens=10,
-            num_beams=1,
-            timings=timings,
-        )
-        return _LOC.sub("", text).strip()
+        prompt = "<REGION_TO_CATEGORY>" + self._box_tokens(cue, features["image_size"])
+        return self._generate(features, [prompt], max_new_tokens=10, num_beams=1, timings=timings)[0]
 
-    @torch.inference_mode()
     @torch.inference_mode()
     def encode_cues(
         self, features: dict, cues: Sequence[RegionCue], *, batch_size: int = 32, timings: Timings | None = None
@@ -196,10 +171,7 @@ class Florence2Region:
         encoder = self.model.model.language_model.encoder
         chunks = []
         for start in range(0, len(cues), batch_size):
-            prompts = [
-                "<REGION_TO_DESCRIPTION>" + self._box_tokens(c, features["image_size"])
-                for c in cues[start : start + batch_size]
-            ]
+            prompts = [self._describe_prompt(c, features) for c in cues[start : start + batch_size]]
             with timings.section("lm_encode"):
                 embeds, mask = self._embeds(features, prompts)
                 hidden = encoder(inputs_embeds=embeds, attention_mask=mask, return_dict=True).last_hidden_state
@@ -264,8 +236,14 @@ class Florence2Region:
     ) -> np.ndarray | None:
         task = "<REFERRING_EXPRESSION_SEGMENTATION>"
         raw = self._generate(
-            features, task + text, max_new_tokens=256, num_beams=1, timings=timings, keep_special=True, words_only=False
-        )
+            features,
+            [task + text],
+            max_new_tokens=256,
+            num_beams=1,
+            timings=timings,
+            keep_special=True,
+            words_only=False,
+        )[0]
         h, w = image_size
         parsed = self.processor.post_process_generation(raw, task=task, image_size=(w, h))[task]
         polygons = [p for instance in parsed.get("polygons", []) for p in instance]

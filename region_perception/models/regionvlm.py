@@ -109,6 +109,20 @@ class RegionVLMModel:
         slots = (ids_t == self.image_token_id).unsqueeze(-1).expand_as(embeds)
         return embeds.masked_scatter(slots, region_tokens.reshape(-1, embeds.shape[-1]).to(embeds.dtype))
 
+    def _lm_generate(self, embeds: torch.Tensor, max_new_tokens: int, num_beams: int, timings: Timings) -> list[str]:
+        """Greedy/beam generation from prepared input embeddings, one text per row."""
+        with timings.section("generation"):
+            out = self.model.language_model.generate(
+                inputs_embeds=embeds,
+                attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
+                max_new_tokens=max_new_tokens,
+                num_beams=num_beams,
+                min_new_tokens=1,
+                do_sample=False,
+                suppress_tokens=self._never_generate,
+            )
+        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+
     @torch.inference_mode()
     def generate(
         self,
@@ -129,17 +143,7 @@ class RegionVLMModel:
         else:
             pieces = multi_region_prompt(len(region_texts), prompt)
         embeds = self._prompt_embeds(tokens, pieces)
-        with timings.section("generation"):
-            out = self.model.language_model.generate(
-                inputs_embeds=embeds,
-                attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
-                max_new_tokens=max_new_tokens,
-                num_beams=num_beams,
-                min_new_tokens=1,
-                do_sample=False,
-                suppress_tokens=self._never_generate,
-            )
-        return self.tokenizer.decode(out[0], skip_special_tokens=True).strip()
+        return self._lm_generate(embeds, max_new_tokens, num_beams, timings)[0]
 
     @torch.inference_mode()
     def caption_each(
@@ -156,17 +160,7 @@ class RegionVLMModel:
         with timings.section("qformer"):
             tokens = self.region_tokens(features, [c.points_text for c in cues])
         embeds = torch.cat([self._prompt_embeds(tokens[i : i + 1], ["", ""]) for i in range(len(cues))])
-        with timings.section("generation"):
-            out = self.model.language_model.generate(
-                inputs_embeds=embeds,
-                attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
-                max_new_tokens=max_new_tokens,
-                num_beams=num_beams,
-                min_new_tokens=1,
-                do_sample=False,
-                suppress_tokens=self._never_generate,
-            )
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return self._lm_generate(embeds, max_new_tokens, num_beams, timings)
 
     def _labels(self, texts: Sequence[str]) -> torch.Tensor:
         enc = self.tokenizer(list(texts), padding=True, return_tensors="pt")

@@ -10,7 +10,6 @@ import os
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -25,8 +24,8 @@ from region_perception.msg import Region, RegionQuery, RegionResult
 
 from ..bench import Figure
 from ..ros_env import apply_local_ros_env
+from .processes import camera_command, node_command
 
-REPO = Path(__file__).resolve().parents[2]
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -49,20 +48,7 @@ class Harness:
         self.env = dict(apply_local_ros_env())
         self.log = open(log, "w")
         self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "region_perception.ros.node",
-                "--ros-args",
-                "--params-file",
-                str(REPO / "config" / "default.yaml"),
-                "-p",
-                f"model:={model}",
-                "-p",
-                "diagnostics_period_s:=0.5",
-                "-p",
-                "queue_size:=32",
-            ],
+            node_command(model=model, diagnostics_period_s=0.5, queue_size=32, image_reliability="reliable"),
             env=self.env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
@@ -91,20 +77,9 @@ class Harness:
     def start_camera(self, photo: Path, rate: float = 30.0) -> None:
         """The demo camera tool, 640x480 at ``rate`` Hz (reliable: see the note above)."""
         self.camera = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "region_perception.ros.camera",
-                "--source",
-                str(photo),
-                "--rate",
-                str(rate),
-                "--reliable",
-                "--width",
-                "640",
-                "--height",
-                "480",
-            ],
+            camera_command(
+                "--source", str(photo), "--rate", str(rate), "--reliable", "--width", "640", "--height", "480"
+            ),
             env=self.env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -29,6 +29,7 @@ from region_perception.srv import QueryRegions
 from ..ros_env import apply_local_ros_env
 from ..status import Status
 from .image_conversion import image_msg_to_rgb
+from .processes import camera_command, node_command
 from .query_tool import send
 
 REPO = Path(__file__).resolve().parents[2]
@@ -68,23 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     # reliable image QoS between the demo camera and the node: on loopback, best-effort
     # frames of ~1 MB lose fragments, and the demo asks about specific frames
-    node_cmd = [
-        sys.executable,
-        "-m",
-        "region_perception.ros.node",
-        "--ros-args",
-        "--params-file",
-        args.params,
-        "-p",
-        "image_reliability:=reliable",
-        "-p",
-        "image_qos_depth:=5",
-    ]
+    overrides: dict[str, object] = {"image_reliability": "reliable", "image_qos_depth": 5}
     if args.model:
-        node_cmd += ["-p", f"model:={args.model}"]
+        overrides["model"] = args.model
+    # reliable image QoS between the demo camera and the node: on loopback, best-effort
+    # frames of ~1 MB lose fragments, and the demo asks about specific frames
+    node_cmd = node_command(args.params, **overrides)
     procs = [
         subprocess.Popen(node_cmd, env=env),
-        subprocess.Popen([sys.executable, "-m", "region_perception.ros.camera", "--rate", "4", "--reliable"], env=env),
+        subprocess.Popen(camera_command("--rate", "4", "--reliable"), env=env),
     ]
     rclpy.init()
     client = rclpy.create_node("region_perception_demo")

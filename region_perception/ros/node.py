@@ -74,6 +74,7 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "image_reliability": ("best_effort", "QoS of the image subscription: best_effort or reliable"),
     "image_qos_depth": (1, "QoS history depth of the image subscription"),
     "use_compressed": (False, "subscribe image/compressed instead of image"),
+    "fault_every": (0, "testing aid: every Nth model call fails on purpose (0 = off)"),
     "auto_activate": (True, "configure and activate at start"),
     "diagnostics_period_s": (1.0, "how often /diagnostics is published"),
 }
@@ -383,8 +384,19 @@ class RegionPerceptionNode(LifecycleNode):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``region-perception-node [--ros-args --params-file config/default.yaml ...]``."""
-    rclpy.init(args=argv if argv is not None else sys.argv)
+    """``region-perception-node [--ros-args --params-file config/default.yaml ...]``.
+
+    SIGINT/SIGTERM stop the node gracefully: pending queries are answered SHUTTING_DOWN
+    while the middleware is still up (rclpy's own handler would tear it down first).
+    """
+    import signal
+
+    from rclpy.signals import SignalHandlerOptions
+
+    rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     node = RegionPerceptionNode()
     executor = MultiThreadedExecutor(num_threads=4)
     executor.add_node(node)
@@ -392,11 +404,14 @@ def main(argv: list[str] | None = None) -> int:
         if node.p("auto_activate"):
             node.trigger_configure()
             node.trigger_activate()
-        executor.spin()
+        while not stop.is_set() and rclpy.ok():
+            executor.spin_once(timeout_sec=0.1)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        node._unload("the node is shutting down")
+        node._unload("the node is shutting down")  # publishes SHUTTING_DOWN for what is pending
+        time.sleep(0.3)  # let those results leave before the middleware goes
+        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

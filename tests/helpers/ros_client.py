@@ -79,7 +79,7 @@ class RosClient:
 
         def active() -> bool:
             d = self.diagnostic_values()
-            return d.get("_message") == "ok" and int(d.get("frames_received", "0")) > 0
+            return d.get("device", "none") != "none" and int(d.get("frames_received", "0")) > 0
 
         assert self.wait(active, timeout), f"node not active: {self.diagnostic_values()}"
 
