@@ -56,6 +56,7 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "frame_buffer_size": (30, "recent camera frames kept for stamped queries"),
     "stamp_tolerance_s": (0.05, "a query stamp matches a frame within this many seconds"),
     "frame_wait_s": (0.5, "a query stamped after the newest frame waits this long for its frame"),
+    "query_qos_depth": (1000, "history depth of region_queries and region_results (bursts are not dropped)"),
     "queue_size": (8, "queries waiting for the model; more are answered QUEUE_FULL"),
     "default_timeout_s": (0.0, "deadline for queries without one (0 = none)"),
     "service_timeout_s": (120.0, "longest a ~/query call waits"),
@@ -123,7 +124,10 @@ class RegionPerceptionNode(LifecycleNode):
             default_timeout_s=float(self.p("default_timeout_s")),
             frame_wait_s=float(self.p("frame_wait_s")),
         )
-        self.results_pub = self.create_publisher(RegionResult, "region_results", 10)
+        # deep histories: a burst of queries must reach the node (to be answered QUEUE_FULL
+        # if need be), and a burst of answers must reach the clients, not be overwritten
+        depth = int(self.p("query_qos_depth"))
+        self.results_pub = self.create_publisher(RegionResult, "region_results", depth)
         self.overlay_pub = self.create_publisher(Image, "~/overlay", 2)
         self.markers_pub = self.create_publisher(MarkerArray, "~/markers", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -143,7 +147,7 @@ class RegionPerceptionNode(LifecycleNode):
                 Image, "image", self._on_image, image_qos, callback_group=self._fast
             )
         self.query_sub = self.create_subscription(
-            RegionQuery, "region_queries", self._on_query, 50, callback_group=self._fast
+            RegionQuery, "region_queries", self._on_query, depth, callback_group=self._fast
         )
         self.query_srv = self.create_service(QueryRegions, "~/query", self._on_service, callback_group=self._slow)
         self.expiry_timer = self.create_timer(0.1, self._expire, callback_group=self._fast)

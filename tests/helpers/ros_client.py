@@ -30,10 +30,10 @@ class RosClient:
         self.markers: list[MarkerArray] = []
         self.diagnostics: list[DiagnosticArray] = []
         self.node.create_subscription(Image, "image", self._frame, 5)
-        self.node.create_subscription(RegionResult, "region_results", self._result, 100)
+        self.node.create_subscription(RegionResult, "region_results", self._result, 1000)
         self.node.create_subscription(MarkerArray, "/region_perception/markers", self.markers.append, 10)
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self.diagnostics.append, 10)
-        self.query_pub = self.node.create_publisher(RegionQuery, "region_queries", 100)
+        self.query_pub = self.node.create_publisher(RegionQuery, "region_queries", 1000)
         self.client = self.node.create_client(QueryRegions, "/region_perception/query")
         self._overlay_sub = None
         self._stop = False
