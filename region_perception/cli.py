@@ -181,7 +181,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
         for model in args.node_model or ["tiny-regionvlm", "tiny-florence2", "bench-regionvlm"]:
             print(f"[bench] node: {model} ...", file=sys.stderr, flush=True)
-            report["node"].append(bench_node(model, Path(args.work_dir)))
+            report["node"].append(bench_node(model, Path(args.work_dir), idle_s=8.0))
             _print_figures(report["node"][-1], args.json)
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["notes"] = BENCH_NOTES
