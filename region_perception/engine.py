@@ -359,20 +359,19 @@ class RegionEngine:
             hint = labels_hint(labels, vocabulary_name)
             for ans in answers:
                 ans.text = self.model.category(feats, ans.cue, hint, timings=timings)
-                if rank:
-                    losses = self.model.score_regions(
-                        feats, [ans.cue] * len(labels), labels, batch_size=self.config.score_batch_size, timings=timings
-                    )
-                    ranked, scores = labels, softmax(-losses)
-                else:
+                ranked = None
+                if not rank:
                     try:
                         with timings.section("snap"):
                             snap = self.snapper.snap(ans.text, labels)
                         ranked, scores = snap.labels, softmax(np.array(snap.similarities), 0.05)
                     except ImportError as exc:  # no sentence encoder installed: rank by loss instead
                         notes.append(f"snapping unavailable ({exc}); labels ranked by loss")
-                        losses = self.model.score_regions(feats, [ans.cue] * len(labels), labels, timings=timings)
-                        ranked, scores = labels, softmax(-losses)
+                if ranked is None:  # every label scored by the model's loss
+                    losses = self.model.score_regions(
+                        feats, [ans.cue] * len(labels), labels, batch_size=self.config.score_batch_size, timings=timings
+                    )
+                    ranked, scores = labels, softmax(-losses)
                 order = np.argsort(-np.asarray(scores), kind="stable")
                 ans.labels = [ranked[i] for i in order]
                 ans.label_scores = [round(float(scores[i]), 6) for i in order]
@@ -411,21 +410,21 @@ class RegionEngine:
             if not masks:
                 raise TaskError("no mask proposal survived filtering (>= 4% of the image, not along a border)")
             draws = self.config.refer_draws if self.model.uses_point_draws else 1
-            cues = draw_cues(
-                masks,
-                points_per_draw=self.config.points_per_region,
-                draws=draws,
-                seed=self.config.seed,
-                rounding=self.config.rounding,
-            )
 
-            def encode_rows():  # sentence-independent: shared by every REFER on this frame
-                return self.model.encode_cues(feats, cues, batch_size=self.config.score_batch_size, timings=timings)
+            def encode_rows():  # sentence-independent: drawn, encoded and boxed once per frame
+                cues = draw_cues(
+                    masks,
+                    points_per_draw=self.config.points_per_region,
+                    draws=draws,
+                    seed=self.config.seed,
+                    rounding=self.config.rounding,
+                )
+                encoded = self.model.encode_cues(feats, cues, batch_size=self.config.score_batch_size, timings=timings)
+                return cues, encoded, [_box_list(mask_to_box(m)) for m in masks]
 
-            encoded = self.cache.get_or_compute(key, f"refer_rows:{draws}", encode_rows)
+            cues, encoded, boxes = self.cache.get_or_compute(key, f"refer_rows:{draws}", encode_rows)
             losses = self.model.rows_loss(encoded, [text] * len(cues), timings=timings)
             outcome = select(np.asarray(losses, dtype=np.float64).reshape(len(masks), draws), cues)
-            boxes = [_box_list(mask_to_box(m)) for m in masks]
             sel = outcome.selected_index
             answer = RegionAnswer(
                 text=text,
