@@ -22,6 +22,7 @@ setup(
             "region-perception-camera=region_perception.ros.camera:main",
             "region-perception-query=region_perception.ros.query_tool:main",
             "region-perception-demo=region_perception.ros.demo:main",
+            "region-perception-record=region_perception.ros.record:main",
         ],
     },
 )

@@ -196,10 +196,15 @@ def bench_engine(model: str, runs: int = 3, image: np.ndarray | None = None) -> 
         EngineConfig(model=model, segmenter="none", device="cpu", proposals="superpixels", max_new_tokens=10)
     )
     load_s = time.perf_counter() - started
+    from .bench_batching import bench_batching, refer_bound
+
+    refer = bench_refer(engine, image, runs)
     figures = [
-        bench_refer(engine, image, runs),
+        refer,
+        refer_bound(refer),
         *bench_captions(engine, image, runs),
         bench_second_refer(engine, image, runs),
+        *bench_batching(engine, image, runs),
     ]
     return {
         "model": model,

@@ -8,14 +8,15 @@ in a bounded feature cache; every query on that frame reuses them.
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import torch
 
+from .conversation import ConversationStore
 from .feature_cache import FeatureCache, image_key
-from .models.backend import RegionCue, labels_hint
+from .models.backend import RegionCue
 from .proposals import ProposalFilter, filter_proposals
 from .refer import draw_cues, select
 from .region_text import Rounding, points_to_text
@@ -31,7 +32,6 @@ from .regions import (
     validate,
 )
 from .timing import Timings
-from .vocabulary import softmax
 
 
 class ImageError(ValueError):
@@ -48,6 +48,7 @@ TASKS = ("caption", "classify", "refer", "ask")
 @dataclass
 class EngineConfig:
     model: str = "florence-community/Florence-2-base"
+    fallback_model: str = ""  # loaded (loudly) if `model` cannot be; "" = only the default falls back offline
     segmenter: str = "tiny-sam"  # segment-anything spec / HF id; "none" = no SAM
     segmenter_backend: str = "sam"  # sam (segment-anything) | hf-sam (transformers)
     proposals: str = "superpixels"  # sam | superpixels
@@ -68,6 +69,10 @@ class EngineConfig:
     max_text_chars: int = 2000
     trust_remote_code: bool = False
     fault_every: int = 0  # testing aid: every Nth model call raises (0 = off)
+    hold_model_s: float = 0.0  # testing aid: each model call waits this long or until released (0 = off)
+    conversation_turns: int = 8  # ASK dialogue: turns kept per conversation_id
+    conversation_max: int = 64  # conversations kept (least recently used forgotten first)
+    conversation_idle_s: float = 300.0  # a conversation idle this long is forgotten (answered as new)
     proposal_filter: ProposalFilter = field(default_factory=ProposalFilter)
 
     @classmethod
@@ -169,6 +174,11 @@ class RegionEngine:
         self.cache = cache or FeatureCache(config.feature_cache_frames)
         self.lock = threading.Lock()  # one inference at a time per engine
         self._snapper = None
+        self.conversations = ConversationStore(
+            max_turns=config.conversation_turns,
+            max_conversations=config.conversation_max,
+            idle_s=config.conversation_idle_s,
+        )
 
     @classmethod
     def load(cls, config: EngineConfig) -> RegionEngine:
@@ -180,11 +190,19 @@ class RegionEngine:
         device = resolve_device(config.device)
         dtype = resolve_dtype(config.dtype, device)
         cache = FeatureCache(config.feature_cache_frames)
-        model = load_region_model(config.model, device, dtype, trust_remote_code=config.trust_remote_code)
+        from .vocabulary import check_snap_model
+
+        check_snap_model(config.snap_model)  # a bad snapping model fails now, not at the first CLASSIFY
+        trust, fallback = config.trust_remote_code, config.fallback_model
+        model = load_region_model(config.model, device, dtype, trust_remote_code=trust, fallback_model=fallback)
         if config.fault_every > 0:
             from .models.faults import FaultInjectingBackend
 
             model = FaultInjectingBackend(model, config.fault_every)
+        if config.hold_model_s > 0:
+            from .models.faults import HoldingBackend
+
+            model = HoldingBackend(model, config.hold_model_s)
         segmenter = None
         if config.segmenter not in ("", "none"):
             segmenter = load_segmenter(config.segmenter, config.segmenter_backend, cache, device)
@@ -237,7 +255,7 @@ class RegionEngine:
             box = (
                 region_box(region, size) if isinstance(region, WholeImage) else _mask_or_region_box(mask, region, size)
             )
-            cue = RegionCue(text, (box[0] / w, box[1] / h, box[2] / w, box[3] / h))
+            cue = RegionCue(text, (box[0] / w, box[1] / h, box[2] / w, box[3] / h), mask=mask)
             answers.append(RegionAnswer(name=region.name, mask=mask, box=_box_list(box), region_text=text, cue=cue))
         return answers
 
@@ -252,7 +270,10 @@ class RegionEngine:
         if self.weights_random:
             notes.append("RANDOM WEIGHTS: these outputs exercise the code path; they are not predictions")
         elif not getattr(self.model, "region_aware", True):
-            notes.append("model never trained on region point text: answers ignore the region")
+            default = "model never trained on region point text: answers ignore the region"
+            notes.append(getattr(self.model, "region_note", default))
+        if getattr(self.model, "trained_note", ""):  # e.g. "toy model trained on synthetic shapes"
+            notes.append(self.model.trained_note)
         return TaskResult(
             task=task,
             outputs=outputs,
@@ -312,8 +333,13 @@ class RegionEngine:
         frame_key: str | None = None,
         max_new_tokens: int = 0,
         num_beams: int = 0,
+        conversation_id: str = "",
     ) -> TaskResult:
-        """One answer about zero (whole image), one or several regions (``[0]: <Z0> ...``)."""
+        """One answer about zero (whole image), one or several regions (``[0]: <Z0> ...``).
+
+        ``conversation_id``: earlier turns of that conversation are given to a dialogue model
+        (RegionGPT), and a question without regions is about the conversation's last ones.
+        """
         question = self._text(question, "the question")
         if not getattr(self.model, "answers_questions", True):
             raise TaskError(
@@ -322,13 +348,22 @@ class RegionEngine:
             )
         timings = Timings()
         with self.lock:
-            size, feats, answers = self._on_frame(image, regions or [WholeImage()], frame_key, timings)
+            dialogue = bool(getattr(self.model, "supports_dialogue", False))
+            turn = self.conversations.begin(conversation_id, regions, np.shape(image)[:2], dialogue=dialogue)
+            size, feats, answers = self._on_frame(image, turn.regions or [WholeImage()], frame_key, timings)
+            history = {"history": turn.history} if turn.history else {}
             text = self.model.describe(
-                feats, [a.cue for a in answers], question, timings=timings, **self._gen(max_new_tokens, num_beams)
+                feats,
+                [a.cue for a in answers],
+                question,
+                timings=timings,
+                **self._gen(max_new_tokens, num_beams),
+                **history,
             )
             for ans in answers:
                 ans.text = text
-            return self._result("ask", answers, size, timings)
+            self.conversations.finish(turn, question, text, size)
+            return self._result("ask", answers, size, timings, notes=turn.notes)
 
     @torch.inference_mode()
     def classify(
@@ -353,29 +388,11 @@ class RegionEngine:
         if not regions:
             raise RegionError("classify needs at least one region")
         timings = Timings()
-        notes = []
         with self.lock:
             size, feats, answers = self._on_frame(image, regions, frame_key, timings)
-            hint = labels_hint(labels, vocabulary_name)
-            for ans in answers:
-                ans.text = self.model.category(feats, ans.cue, hint, timings=timings)
-                ranked = None
-                if not rank:
-                    try:
-                        with timings.section("snap"):
-                            snap = self.snapper.snap(ans.text, labels)
-                        ranked, scores = snap.labels, softmax(np.array(snap.similarities), 0.05)
-                    except ImportError as exc:  # no sentence encoder installed: rank by loss instead
-                        notes.append(f"snapping unavailable ({exc}); labels ranked by loss")
-                if ranked is None:  # every label scored by the model's loss
-                    losses = self.model.score_regions(
-                        feats, [ans.cue] * len(labels), labels, batch_size=self.config.score_batch_size, timings=timings
-                    )
-                    ranked, scores = labels, softmax(-losses)
-                order = np.argsort(-np.asarray(scores), kind="stable")
-                ans.labels = [ranked[i] for i in order]
-                ans.label_scores = [round(float(scores[i]), 6) for i in order]
-                ans.label, ans.score = ans.labels[0], ans.label_scores[0]
+            from .batching import classify_answers  # every region in one generation, one snapping call
+
+            notes = classify_answers(self, feats, [(answers, labels, rank, vocabulary_name)], timings)[0]
             return self._result("classify", answers, size, timings, notes=notes)
 
     @torch.inference_mode()
@@ -404,45 +421,60 @@ class RegionEngine:
         with self.lock:
             image, size, _, key = self._prepare(image, [], frame_key)
             feats = self._features(key, image, timings)
+            if route == "native" and hasattr(self.model, "comprehend"):  # RegionGPT: proposals as Region [i]
+                masks, cues, _, boxes = self._refer_rows(image, key, feats, timings)
+                losses = self.model.comprehend(feats, cues, text, timings=timings)
+                return self._refer_result(text, losses, masks, cues, boxes, size, timings)
             if route == "native":
                 return self._refer_native(feats, text, size, timings)
-            masks = self.proposals(image, key, timings)
-            if not masks:
-                raise TaskError("no mask proposal survived filtering (>= 4% of the image, not along a border)")
-            draws = self.config.refer_draws if self.model.uses_point_draws else 1
-
-            def encode_rows():  # sentence-independent: drawn, encoded and boxed once per frame
-                cues = draw_cues(
-                    masks,
-                    points_per_draw=self.config.points_per_region,
-                    draws=draws,
-                    seed=self.config.seed,
-                    rounding=self.config.rounding,
-                )
-                encoded = self.model.encode_cues(feats, cues, batch_size=self.config.score_batch_size, timings=timings)
-                return cues, encoded, [_box_list(mask_to_box(m)) for m in masks]
-
-            cues, encoded, boxes = self.cache.get_or_compute(key, f"refer_rows:{draws}", encode_rows)
+            masks, cues, encoded, boxes = self._refer_rows(image, key, feats, timings)
             losses = self.model.rows_loss(encoded, [text] * len(cues), timings=timings)
-            outcome = select(np.asarray(losses, dtype=np.float64).reshape(len(masks), draws), cues)
-            sel = outcome.selected_index
-            answer = RegionAnswer(
-                text=text,
-                score=float(outcome.scores[sel]),
-                mask=masks[sel],
-                box=boxes[sel],
-                region_text=outcome.cues[sel * draws].points_text,
+            return self._refer_result(text, losses, masks, cues, boxes, size, timings)
+
+    def _refer_rows(self, image: np.ndarray, key: str, feats, timings: Timings):
+        """A frame's proposals and their drawn, encoded and boxed rows (sentence-independent: once per frame)."""
+        masks = self.proposals(image, key, timings)
+        if not masks:
+            raise TaskError("no mask proposal survived filtering (>= 4% of the image, not along a border)")
+        draws = self.config.refer_draws if self.model.uses_point_draws else 1
+
+        def encode_rows():
+            cues = draw_cues(
+                masks,
+                points_per_draw=self.config.points_per_region,
+                draws=draws,
+                seed=self.config.seed,
+                rounding=self.config.rounding,
             )
-            return self._result(
-                "refer",
-                [answer],
-                size,
-                timings,
-                selected_index=sel,
-                candidate_scores=[round(float(s), 6) for s in outcome.scores],
-                candidate_boxes=boxes,
-                candidate_masks=list(masks),
-            )
+            cues = [replace(c, mask=masks[i // draws]) for i, c in enumerate(cues)]  # RegionGPT pools the mask
+            encoded = self.model.encode_cues(feats, cues, batch_size=self.config.score_batch_size, timings=timings)
+            return cues, encoded, [_box_list(mask_to_box(m)) for m in masks]
+
+        cues, encoded, boxes = self.cache.get_or_compute(key, f"refer_rows:{draws}", encode_rows)
+        return masks, cues, encoded, boxes
+
+    def _refer_result(self, text: str, losses, masks, cues, boxes, size, timings: Timings) -> TaskResult:
+        """The proposal whose rows give ``text`` the lowest loss (min over draws)."""
+        draws = len(cues) // len(masks)
+        outcome = select(np.asarray(losses, dtype=np.float64).reshape(len(masks), draws), cues)
+        sel = outcome.selected_index
+        answer = RegionAnswer(
+            text=text,
+            score=float(outcome.scores[sel]),
+            mask=masks[sel],
+            box=boxes[sel],
+            region_text=outcome.cues[sel * draws].points_text,
+        )
+        return self._result(
+            "refer",
+            [answer],
+            size,
+            timings,
+            selected_index=sel,
+            candidate_scores=[round(float(s), 6) for s in outcome.scores],
+            candidate_boxes=boxes,
+            candidate_masks=list(masks),
+        )
 
     def _refer_native(self, feats, text: str, size, timings: Timings) -> TaskResult:
         mask = self.model.refer_native(feats, text, size, timings=timings)
@@ -453,11 +485,62 @@ class RegionEngine:
         answer = RegionAnswer(text=text, mask=mask, box=box)
         return self._result("refer", [answer], size, timings, selected_index=0 if mask.any() else -1, notes=notes)
 
+    @torch.inference_mode()
+    def comprehend(
+        self, image: np.ndarray, text: str, regions: list[Region], *, frame_key: str | None = None
+    ) -> TaskResult:
+        """Which of the given candidate regions ``text`` refers to (RegionGPT's comprehension protocol).
+
+        Each candidate is read by the backend as REFER reads a proposal (point draws where the
+        backend uses them) and the sentence scored by its loss; the lowest wins.
+        """
+        text = self._text(text, "the referring expression")
+        if not regions:
+            raise RegionError("comprehension needs at least one candidate region")
+        timings = Timings()
+        with self.lock:
+            size, feats, answers = self._on_frame(image, regions, frame_key, timings)
+            from .regions import box_to_mask
+
+            masks = [a.mask if a.mask is not None and a.mask.any() else box_to_mask(np.array(a.box), size)
+                     for a in answers]
+            draws = self.config.refer_draws if self.model.uses_point_draws else 1
+            cues = draw_cues(masks, points_per_draw=self.config.points_per_region, draws=draws,
+                             seed=self.config.seed, rounding=self.config.rounding)
+            encoded = self.model.encode_cues(feats, cues, batch_size=self.config.score_batch_size, timings=timings)
+            losses = self.model.rows_loss(encoded, [text] * len(cues), timings=timings)
+            outcome = select(np.asarray(losses, dtype=np.float64).reshape(len(masks), draws), cues)
+            sel = outcome.selected_index
+            chosen = answers[sel]
+            chosen.text, chosen.score = text, float(outcome.scores[sel])
+            return self._result(
+                "comprehend", [chosen], size, timings, selected_index=sel,
+                candidate_scores=[round(float(s), 6) for s in outcome.scores],
+                candidate_boxes=[a.box for a in answers], candidate_masks=masks,
+            )
+
+    @torch.inference_mode()
+    def run_batch(self, image: np.ndarray, items: list, *, frame_key: str | None = None) -> list:
+        """Several queries on one frame as one call: a TaskResult or the query's own error per item.
+
+        See :mod:`region_perception.batching`; a model fault raises for the whole batch.
+        """
+        from .batching import run_batch
+
+        with self.lock:
+            return run_batch(self, image, items, frame_key)
+
     def free_memory(self) -> None:
         """Drop every frame's cached features (and CUDA's cached blocks): the OOM recovery."""
         self.cache.clear()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def release_holds(self) -> None:
+        """End every ``hold_model_s`` wait now and for good (shutdown must not wait on a testing aid)."""
+        release = getattr(self.model, "release_holds", None)
+        if release is not None:
+            release()
 
     def unload(self) -> None:
         """Free the model and cached features (GPU memory back to the driver)."""

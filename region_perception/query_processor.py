@@ -42,6 +42,7 @@ class QuerySpec:
     max_new_tokens: int = 0
     num_beams: int = 0
     timeout_s: float = 0.0
+    conversation_id: str = ""  # ASK: earlier turns of this conversation go to a dialogue model
     frame: Frame | None = None  # an image sent with the query (service) instead of the buffer
     context: Any = None  # the adapter's own data (e.g. the original message), passed through
 
@@ -61,6 +62,7 @@ class Outcome:
     latency_ms: float = 0.0
     spec: QuerySpec | None = None
     release_id: bool = True
+    batch_size: int = 1  # queries answered by the same engine call (inference_ms is the batch's)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -110,8 +112,12 @@ class QueryProcessor:
         vocabulary_name: str = "",
         default_timeout_s: float = 0.0,
         frame_wait_s: float = 0.5,
+        max_batch: int = 8,
+        batch_window_ms: float = 0.0,
     ) -> None:
         self.engine = engine
+        self.max_batch = max(1, int(max_batch))  # queries on one frame answered by one engine call
+        self.batch_window_s = max(0.0, batch_window_ms) / 1000.0  # wait this long for more (0: none)
         self.frames = frames
         self.deliver = deliver
         self.default_labels = default_labels or []
@@ -148,6 +154,9 @@ class QueryProcessor:
             waiting, self._awaiting = self._awaiting, []
         for job in self._take_all_pending() + [j for j, _ in waiting]:
             job.finish(Outcome(job.spec.query_id, job.spec.task, Status.SHUTTING_DOWN, reason))
+        release = getattr(self.engine, "release_holds", None)  # a held model call (testing aid) ends now
+        if release is not None:
+            release()
         if self._worker is not None:
             try:
                 self._queue.put_nowait(None)
@@ -192,6 +201,10 @@ class QueryProcessor:
                 Outcome(spec.query_id, spec.task, Status.INVALID_QUERY, f"unknown task {spec.task}: expected 0..3")
             )
             return
+        malformed = self._malformed(spec)
+        if malformed:  # answered now, not after the queries queued for the model
+            job.finish(Outcome(spec.query_id, spec.task, Status.INVALID_QUERY, malformed))
+            return
         if frame is None:
             try:
                 job.frame = self.frames.find(spec.stamp_ns)  # resolved now: eviction can't lose it later
@@ -205,6 +218,23 @@ class QueryProcessor:
                 job.finish(Outcome(spec.query_id, spec.task, status, str(exc)))
                 return
         self._enqueue(job)
+
+    def _malformed(self, spec: QuerySpec) -> str:
+        """Why a query can never be answered, from the query alone ("" if it may be).
+
+        The cheap checks the engine would make anyway (same wording), made at intake so that
+        a malformed query is refused at once instead of waiting behind the model's queue.
+        """
+        task = Task(spec.task)
+        if task in (Task.CAPTION, Task.CLASSIFY) and not spec.regions:
+            return f"{_TASK_NAMES[task]} needs at least one region"
+        if task == Task.CLASSIFY and not any(lbl.strip() for lbl in spec.labels or self.default_labels):
+            return "classify needs at least one candidate label"
+        if task == Task.REFER and not spec.text.strip():
+            return "the referring expression is empty"
+        if task == Task.ASK and not spec.text.strip():
+            return "the question is empty"
+        return ""
 
     def frame_arrived(self) -> None:
         """Retry queries waiting for a frame newer than the buffer (call after each frame)."""
@@ -267,31 +297,127 @@ class QueryProcessor:
             job = self._queue.get()
             if job is None:
                 return
-            self._forget(job)
-            if self._stopping:
-                job.finish(Outcome(job.spec.query_id, job.spec.task, Status.SHUTTING_DOWN, "the node is shutting down"))
-                continue
-            started = time.monotonic()
-            queue_ms = (started - job.received) * 1000.0
-            if job.deadline is not None and started > job.deadline:
-                job.finish(
-                    Outcome(
-                        job.spec.query_id,
-                        job.spec.task,
-                        Status.TIMEOUT,
-                        f"waited {queue_ms:.0f} ms in the queue, past its {job.spec.timeout_s:g} s deadline",
-                        queue_ms=queue_ms,
-                    )
+            live = [j for j in self._take_batch(job) if self._still_wanted(j)]
+            if len(live) > 1:
+                self._run_batch(live)
+            elif live:
+                self._run_one(live[0])
+
+    def _still_wanted(self, job: _Job) -> bool:
+        """Forget a taken job; False (and answered) if the node stops or its deadline passed."""
+        self._forget(job)
+        if self._stopping:
+            job.finish(Outcome(job.spec.query_id, job.spec.task, Status.SHUTTING_DOWN, "the node is shutting down"))
+            return False
+        now = time.monotonic()
+        if job.deadline is not None and now > job.deadline:
+            queue_ms = (now - job.received) * 1000.0
+            job.finish(
+                Outcome(
+                    job.spec.query_id,
+                    job.spec.task,
+                    Status.TIMEOUT,
+                    f"waited {queue_ms:.0f} ms in the queue, past its {job.spec.timeout_s:g} s deadline",
+                    queue_ms=queue_ms,
                 )
-                continue
-            try:
-                outcome = self.answer(job.spec, job.frame)
-            except Exception as exc:  # the worker must survive anything the model does
-                log.exception("query %s failed", job.spec.query_id)
-                outcome = Outcome(job.spec.query_id, job.spec.task, Status.MODEL_ERROR, f"{type(exc).__name__}: {exc}")
-            outcome.queue_ms = queue_ms
-            outcome.inference_ms = (time.monotonic() - started) * 1000.0
+            )
+            return False
+        return True
+
+    def _run_one(self, job: _Job) -> None:
+        started = time.monotonic()
+        try:
+            outcome = self.answer(job.spec, job.frame)
+        except Exception as exc:  # the worker must survive anything the model does
+            log.exception("query %s failed", job.spec.query_id)
+            outcome = Outcome(job.spec.query_id, job.spec.task, Status.MODEL_ERROR, f"{type(exc).__name__}: {exc}")
+        outcome.queue_ms = (started - job.received) * 1000.0
+        outcome.inference_ms = (time.monotonic() - started) * 1000.0
+        job.finish(outcome)
+
+    def _take_batch(self, first: _Job) -> list[_Job]:
+        """``first`` and the queued queries that can share its engine call (see :mod:`.batching`)."""
+        if self.max_batch <= 1 or not hasattr(self.engine, "run_batch") or first.spec.conversation_id:
+            return [first]  # a conversation's turns run alone, in order, through engine.ask
+        if self.batch_window_s > 0 and self._queue.qsize() + 1 < self.max_batch:
+            time.sleep(self.batch_window_s)  # the deployment chose to wait a little for more
+        options = _generation_options(first.spec)
+        taken = [first]
+        q = self._queue
+        with q.mutex:  # queue.Queue's own lock: its deque is edited in place, order kept
+            keep: deque[_Job | None] = deque()
+            for job in q.queue:
+                joins = len(taken) < self.max_batch and job is not None and job.frame is first.frame
+                joins = joins and not job.spec.conversation_id
+                theirs = _generation_options(job.spec) if job is not None else None
+                if joins and (options is None or theirs is None or theirs == options):
+                    taken.append(job)
+                    options = options or theirs
+                else:
+                    keep.append(job)
+            if len(taken) > 1:
+                q.queue.clear()
+                q.queue.extend(keep)
+                q.not_full.notify_all()
+        return taken
+
+    def _run_batch(self, jobs: list[_Job]) -> None:
+        """One engine call for the jobs; if it raises, each is retried alone (only the faulty one fails)."""
+        started = time.monotonic()
+        try:
+            outcomes = self.answer_batch([j.spec for j in jobs], jobs[0].frame)
+        except Exception as exc:
+            what = f"{type(exc).__name__}: {exc}"
+            log.warning("a batch of %d queries failed (%s); retrying them one by one", len(jobs), what)
+            for job in jobs:
+                if self._still_wanted(job):
+                    self._run_one(job)
+            return
+        inference_ms = (time.monotonic() - started) * 1000.0
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            outcome.queue_ms = (started - job.received) * 1000.0
+            outcome.inference_ms = inference_ms
+            outcome.batch_size = len(jobs)
             job.finish(outcome)
+
+    def answer_batch(self, specs: list[QuerySpec], frame: Frame) -> list[Outcome]:
+        """Several queries on one frame as one engine call; a query's own error stays its own."""
+        from .batching import BatchItem
+
+        if self.engine is None:
+            return [self.answer(spec, frame) for spec in specs]
+        try:
+            image = frame.image()
+        except (ValueError, ImageError) as exc:
+            return [Outcome(s.query_id, s.task, Status.BAD_IMAGE, str(exc), frame=frame) for s in specs]
+        items = []
+        for spec in specs:
+            labels, vocab = (spec.labels, "") if spec.labels else (self.default_labels, self.vocabulary_name)
+            items.append(
+                BatchItem(
+                    task=_TASK_NAMES[Task(spec.task)],
+                    regions=spec.regions,
+                    text=spec.text,
+                    labels=labels,
+                    rank=spec.rank_labels,
+                    vocabulary_name=vocab,
+                    max_new_tokens=spec.max_new_tokens,
+                    num_beams=spec.num_beams,
+                )
+            )
+        try:
+            results = self.engine.run_batch(image, items, frame_key=frame.key)
+        except ImageError as exc:
+            return [Outcome(s.query_id, s.task, Status.BAD_IMAGE, str(exc), frame=frame) for s in specs]
+        outcomes = []
+        for spec, result in zip(specs, results, strict=True):
+            if isinstance(result, (RegionError, TaskError)):
+                outcomes.append(Outcome(spec.query_id, spec.task, Status.INVALID_QUERY, str(result), frame=frame))
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                outcomes.append(Outcome(spec.query_id, spec.task, Status.OK, "", result=result, frame=frame))
+        return outcomes
 
     def answer(self, spec: QuerySpec, frame: Frame) -> Outcome:
         """Run one query on its frame; errors become statuses (model faults propagate)."""
@@ -332,7 +458,8 @@ class QueryProcessor:
         if spec.task == Task.CAPTION:
             return engine.caption(image, spec.regions, frame_key=key, **gen)
         if spec.task == Task.ASK:
-            return engine.ask(image, spec.regions, spec.text, frame_key=key, **gen)
+            cid = spec.conversation_id
+            return engine.ask(image, spec.regions, spec.text, frame_key=key, conversation_id=cid, **gen)
         if spec.task == Task.CLASSIFY:
             labels, vocab = (spec.labels, "") if spec.labels else (self.default_labels, self.vocabulary_name)
             return engine.classify(
@@ -367,3 +494,11 @@ class QueryProcessor:
             self.deliver(outcome)
         except Exception:  # a failing publisher must not kill the worker
             log.exception("delivering the outcome of %s failed", outcome.query_id)
+
+
+_TASK_NAMES = {Task.CAPTION: "caption", Task.ASK: "ask", Task.CLASSIFY: "classify", Task.REFER: "refer"}
+
+
+def _generation_options(spec: QuerySpec) -> tuple[int, int] | None:
+    """What a query's generation depends on; None for tasks that generate with fixed options."""
+    return (spec.max_new_tokens, spec.num_beams) if spec.task in (Task.CAPTION, Task.ASK) else None

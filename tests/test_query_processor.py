@@ -22,20 +22,29 @@ def frame(stamp_ns: int, image=IMAGE) -> Frame:
 
 
 class FakeEngine:
-    """Answers instantly (or slowly, or by failing) and records what it was asked."""
+    """Answers at once (or by failing, or when its gate opens) and records what it was asked.
 
-    def __init__(self, delay: float = 0.0, fail_every: int = 0, failure: str = "driver fault (injected)") -> None:
-        self.delay, self.fail_every, self.calls, self.failure, self.freed = delay, fail_every, [], failure, 0
+    ``gate`` cleared holds every call (the worker is then surely busy); ``entered`` counts
+    the calls that reached the engine, so a test waits for "the worker is inside a call"
+    instead of sleeping. Like ``hold_model_s``, the processor's ``stop`` opens the gate.
+    """
+
+    def __init__(self, fail_every: int = 0, failure: str = "driver fault (injected)") -> None:
+        self.fail_every, self.calls, self.failure, self.freed = fail_every, [], failure, 0
         self.gate = threading.Event()
         self.gate.set()
+        self.entered = 0
 
     def _work(self, name, image, key):
+        self.entered += 1
         self.gate.wait()
         self.calls.append((name, key))
-        time.sleep(self.delay)
         if self.fail_every and len(self.calls) % self.fail_every == 0:
             raise RuntimeError(self.failure)
         return f"{name}:{key}"
+
+    def release_holds(self):
+        self.gate.set()
 
     def free_memory(self):
         self.freed += 1
@@ -64,11 +73,24 @@ def make(engine=None, queue_size=8, **kw):
     return proc, frames, outcomes
 
 
-def wait_for(outcomes, n, timeout=10.0):
+def wait_until(predicate, timeout=30.0) -> bool:
+    """Until ``predicate()`` holds (polled), at most ``timeout`` s: a condition, never a fixed sleep."""
     end = time.monotonic() + timeout
-    while len(outcomes) < n and time.monotonic() < end:
+    while not predicate():
+        if time.monotonic() > end:
+            return False
         time.sleep(0.01)
+    return True
+
+
+def wait_for(outcomes, n, timeout=30.0):
+    wait_until(lambda: len(outcomes) >= n, timeout)
     return outcomes
+
+
+def busy(engine: FakeEngine, calls: int = 1) -> None:
+    """Until the worker is inside its ``calls``-th engine call (held there by the cleared gate)."""
+    assert wait_until(lambda: engine.entered >= calls), "the worker never reached the engine"
 
 
 def caption(qid, stamp=0, **kw):
@@ -126,8 +148,7 @@ def test_a_query_that_overtakes_its_frame_waits_for_it():
     frames.add(frame(1_000_000_000))
     proc.start()
     proc.submit(caption("soon", 2_000_000_000))
-    time.sleep(0.1)
-    assert outcomes == []
+    assert outcomes == [] and len(proc._awaiting) == 1  # submit decided at once: it waits for its frame
     frames.add(frame(2_000_000_000))
     proc.frame_arrived()
     wait_for(outcomes, 1)
@@ -141,11 +162,13 @@ def test_queue_full_is_answered_at_once_and_nothing_is_lost():
     proc, frames, outcomes = make(engine, queue_size=2)
     frames.add(frame(1))
     proc.start()
-    for i in range(10):
+    proc.submit(caption("q0"))
+    busy(engine)  # q0 is in the worker: two more fit in the queue, seven are refused
+    for i in range(1, 10):
         proc.submit(caption(f"q{i}"))
-    time.sleep(0.1)
-    full = [o for o in outcomes if o.status == Status.QUEUE_FULL]
-    assert len(full) >= 7 and all("retry later" in o.error for o in full)
+    full = [o for o in outcomes if o.status == Status.QUEUE_FULL]  # answered within submit, at once
+    assert [o.query_id for o in full] == [f"q{i}" for i in range(3, 10)]
+    assert all("retry later" in o.error for o in full)
     engine.gate.set()
     wait_for(outcomes, 10)
     proc.stop()
@@ -153,14 +176,17 @@ def test_queue_full_is_answered_at_once_and_nothing_is_lost():
 
 
 def test_deadline_gives_timeout():
-    engine = FakeEngine(delay=0.3)
+    engine = FakeEngine()
+    engine.gate.clear()  # "slow" holds the worker until the test opens the gate
     proc, frames, outcomes = make(engine)
     frames.add(frame(1))
     proc.start()
     proc.submit(caption("slow"))
+    busy(engine)
     proc.submit(caption("late", timeout_s=0.05))
-    time.sleep(0.15)
-    proc.expire_overdue()
+    assert wait_until(lambda: proc.expire_overdue() == 1 or bool(outcomes)), "the deadline never passed"
+    assert [o.query_id for o in outcomes] == ["late"], "answered while the worker was still busy"
+    engine.gate.set()
     wait_for(outcomes, 2)
     proc.stop()
     by_id = {o.query_id: o for o in outcomes}
@@ -205,8 +231,7 @@ def test_duplicate_query_ids_are_refused_while_pending_and_reusable_after():
     frames.add(frame(1))
     proc.start()
     proc.submit(caption("same"))
-    proc.submit(caption("same"))
-    time.sleep(0.05)
+    proc.submit(caption("same"))  # refused within submit, at once
     assert len(outcomes) == 1 and outcomes[0].status == Status.INVALID_QUERY and "already pending" in outcomes[0].error
     engine.gate.set()
     wait_for(outcomes, 2)
@@ -234,6 +259,31 @@ def test_invalid_queries():
     assert any(q.startswith("auto-") for q in by_id), "a query without an id gets one"
 
 
+def test_malformed_queries_are_refused_at_once_while_the_worker_is_busy():
+    engine = FakeEngine()
+    engine.gate.clear()
+    proc, frames, outcomes = make(engine)
+    frames.add(frame(1))
+    proc.start()
+    proc.submit(caption("busy"))
+    busy(engine)
+    for spec in (
+        QuerySpec(query_id="noregion", task=Task.CAPTION),
+        QuerySpec(query_id="nolabels", task=Task.CLASSIFY, regions=[PointsRegion(np.ones((1, 2)))], labels=[" "]),
+        QuerySpec(query_id="notext", task=Task.REFER, text="  "),
+        QuerySpec(query_id="noquestion", task=Task.ASK),
+    ):
+        proc.submit(spec)
+    # answered within submit, though the only worker is held
+    assert {o.query_id: o.status for o in outcomes} == dict.fromkeys(
+        ["noregion", "nolabels", "notext", "noquestion"], Status.INVALID_QUERY
+    )
+    assert "at least one region" in outcomes[0].error and "empty" in outcomes[3].error
+    proc.stop()
+    assert outcomes[-1].query_id == "busy" and outcomes[-1].status == Status.OK
+    assert engine.calls == [("caption", "cam@1")], "no malformed query reached the engine"
+
+
 def test_bad_frame_is_bad_image():
     proc, frames, outcomes = make()
 
@@ -256,13 +306,13 @@ def test_shutdown_answers_pending_queries():
     proc.start()
     for i in range(4):
         proc.submit(caption(f"q{i}"))
-    time.sleep(0.05)
-    threading.Timer(0.2, engine.gate.set).start()
-    proc.stop()
+    busy(engine)  # q0 is in the (held) model call, q1..q3 are pending
+    proc.stop()  # answers the pending ones, opens the gate (release_holds) and joins the worker
     proc.submit(caption("after"))
     wait_for(outcomes, 5)
-    assert len(outcomes) == 5
-    assert sum(o.status == Status.SHUTTING_DOWN for o in outcomes) >= 4
+    by_id = {o.query_id: o.status for o in outcomes}
+    assert len(outcomes) == 5 and by_id.pop("q0") == Status.OK  # the call under way finishes
+    assert set(by_id.values()) == {Status.SHUTTING_DOWN}, by_id
 
 
 def test_real_engine_through_the_processor(tiny_engine, astronaut):

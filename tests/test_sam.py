@@ -94,5 +94,8 @@ def test_transformers_sam_alternative(tmp_path, astronaut):
 
 @pytest.mark.parametrize("spec", ["vit_q:/nope.pth", "vit_b"])
 def test_bad_sam_spec_is_refused(spec):
-    with pytest.raises(ValueError, match="TYPE:CHECKPOINT"):
+    from region_perception.models.sources import ModelLoadError
+
+    with pytest.raises(ModelLoadError, match="TYPE:CHECKPOINT") as info:
         load_segmenter(spec, "sam", FeatureCache(1), torch.device("cpu"))
+    assert info.value.reason == "unknown_name"

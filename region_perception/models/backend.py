@@ -8,7 +8,7 @@ output is cached; every other call reuses it.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
@@ -24,6 +24,8 @@ class RegionCue:
 
     points_text: str  # RegionVLM: "[32 64] [36 62]" ("" = whole image)
     box_norm: tuple[float, float, float, float]  # x0, y0, x1, y1 in [0, 1] of the image
+    # RegionGPT pools any shape: bool HxW of the image (None: the box's rectangle)
+    mask: np.ndarray | None = field(default=None, compare=False, repr=False)
 
 
 class RegionBackend(Protocol):

@@ -1,4 +1,4 @@
-"""Fault injection for integration and chaos tests: a backend that fails on purpose.
+"""Fault injection for integration and chaos tests: a backend that fails (or waits) on purpose.
 
 ``fault_every: N`` (node parameter / engine config) wraps the loaded model so that every
 Nth model call raises, as a driver fault or an out-of-memory would. It lets a robot's
@@ -12,7 +12,7 @@ import threading
 from typing import Any
 
 # the calls that do the work of one query (one of them per query for one region)
-_WORK = ("caption_each", "describe", "category", "rows_loss", "refer_native")
+_WORK = ("caption_each", "describe", "category", "rows_loss", "refer_native", "describe_rows", "category_many")
 
 
 class InjectedFault(RuntimeError):
@@ -39,6 +39,45 @@ class FaultInjectingBackend:
                 n = next(self._calls)
             if n % self._every == 0:
                 raise InjectedFault(f"{self._message} (model call {n}, every {self._every})")
+            return attr(*args, **kwargs)
+
+        return call
+
+
+class HoldingBackend:
+    """``hold_model_s: S`` (testing aid): every model work call waits S seconds first.
+
+    It makes "a query is being answered" a state a test can create instead of a race it
+    hopes to win (e.g. queries are surely pending when the node is told to stop). The hold
+    ends early, for this call and every later one, when :meth:`release_holds` is called:
+    the node's shutdown does so, so a held node never delays stopping. 0 in production.
+    """
+
+    def __init__(self, backend: Any, hold_s: float) -> None:
+        if hold_s <= 0:
+            raise ValueError("hold_model_s must be positive")
+        self._backend = backend
+        self._hold_s = hold_s
+        self._released = threading.Event()
+        self.holding = 0  # calls waiting right now (what a test can wait for)
+        self._lock = threading.Lock()
+
+    def release_holds(self) -> None:
+        self._released.set()
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._backend, name)
+        if name not in _WORK or not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            with self._lock:
+                self.holding += 1
+            try:
+                self._released.wait(self._hold_s)
+            finally:
+                with self._lock:
+                    self.holding -= 1
             return attr(*args, **kwargs)
 
         return call

@@ -162,6 +162,28 @@ class Florence2Region:
         prompt = "<REGION_TO_CATEGORY>" + self._box_tokens(cue, features["image_size"])
         return self._generate(features, [prompt], max_new_tokens=10, num_beams=1, timings=timings)[0]
 
+    def category_many(
+        self, features: dict, cues: Sequence[RegionCue], hints: Sequence[str], *, timings: Timings | None = None
+    ) -> list[str]:
+        """:meth:`category` of several regions as one generation (the hint is not used by Florence-2)."""
+        prompts = ["<REGION_TO_CATEGORY>" + self._box_tokens(c, features["image_size"]) for c in cues]
+        return self._generate(features, prompts, max_new_tokens=10, num_beams=1, timings=timings)
+
+    def describe_rows(
+        self,
+        features: dict,
+        rows: Sequence[tuple[Sequence[RegionCue], str]],
+        *,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        timings: Timings | None = None,
+    ) -> list[str]:
+        """Several one-region captions as one generation (Florence-2 has no free questions)."""
+        if any(prompt or len(cues) != 1 for cues, prompt in rows):
+            raise ValueError(f"{self.name} describes one region at a time and answers no free questions")
+        cues = [cues[0] for cues, _ in rows]
+        return self.caption_each(features, cues, max_new_tokens=max_new_tokens, num_beams=num_beams, timings=timings)
+
     @torch.inference_mode()
     def encode_cues(
         self, features: dict, cues: Sequence[RegionCue], *, batch_size: int = 32, timings: Timings | None = None

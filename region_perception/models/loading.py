@@ -2,9 +2,12 @@
 
 Released weights load with ``from_pretrained`` (downloaded once, then cached by
 huggingface_hub). Tiny models are built offline on first use into the cache directory
-and then loaded through that same ``from_pretrained`` path. If a released model cannot
-be had (no network and nothing cached), the tiny model is used instead with a loud
-notice: the caller's outputs are then flagged as random.
+and then loaded through that same ``from_pretrained`` path.
+
+A model that cannot be loaded raises :class:`ModelLoadError` saying why (see
+``sources.py``). Only where the user did not choose is another model used instead, with
+a loud notice: the shipped default (``registry.offline_fallback``) when the hub cannot be
+reached, or whatever ``fallback_model`` names explicitly.
 """
 
 from __future__ import annotations
@@ -12,11 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .registry import TINY_MODELS, TINY_SAM, backend_of, tiny_fallback
+from .registry import MODELS, TINY_MODELS, TINY_SAM, TOY_MODELS, offline_fallback
+from .sources import ModelLoadError, Source, from_pretrained, locate, one_line, read_config
 from .tiny import (
     BENCH_REGIONVLM_SIZES,
     RANDOM_WEIGHTS_MARKER,
@@ -76,6 +82,10 @@ def tiny_path(name: str) -> Path:
             build_tiny_florence2(path)
         elif name == "bench-regionvlm":
             build_tiny_regionvlm(path, name=name, sizes=BENCH_REGIONVLM_SIZES)
+        elif name == "tiny-regiongpt":
+            from .regiongpt.tiny import build_tiny_regiongpt
+
+            build_tiny_regiongpt(path)
         elif name == TINY_SAM:
             from .sam import build_tiny_sam
 
@@ -92,31 +102,166 @@ def quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Can weights be downloaded now? (transformers itself retries for minutes when not.)"""
-    import socket
-    from urllib.parse import urlparse
+@dataclass(frozen=True)
+class Backend:
+    """How one architecture loads: its transformers class and the wrapper the engine drives.
 
-    from huggingface_hub import constants
+    To add a backend, add a row to BACKENDS: the config ``model_type`` values it accepts,
+    a function returning the model class (imported lazily), and
+    ``wrap(model, processor, name=, device=, weights_random=, path=)``.
+    """
 
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
+    model_types: tuple[str, ...]
+    model_class: Callable[[], type]
+    wrap: Callable[..., object]
+
+
+def _florence2_class() -> type:
+    from transformers import Florence2ForConditionalGeneration
+
+    return Florence2ForConditionalGeneration
+
+
+def _instructblip_class() -> type:
+    from transformers import InstructBlipForConditionalGeneration
+
+    return InstructBlipForConditionalGeneration
+
+
+def _wrap_florence2(model, processor, *, name: str, device: torch.device, weights_random: bool, path: Path | None):
+    from .florence2 import Florence2Region
+
+    return Florence2Region(model, processor, name=name, device=device, weights_random=weights_random)
+
+
+def _wrap_regionvlm(model, processor, *, name: str, device: torch.device, weights_random: bool, path: Path | None):
+    from .regionvlm import RegionVLMModel
+
+    meta = path / "region_perception.json" if path is not None else None
+    trained_on_points = bool(meta and meta.exists() and json.loads(meta.read_text()).get("regionvlm_points", False))
+    if not weights_random and not trained_on_points:
+        loud_notice(NOT_POINT_TRAINED.format(name=name))
+    return RegionVLMModel(
+        model, processor, name=name, device=device, weights_random=weights_random, trained_on_points=trained_on_points
+    )
+
+
+def _regiongpt_class() -> type:
+    from .regiongpt import RegionGPTForConditionalGeneration
+
+    return RegionGPTForConditionalGeneration
+
+
+def _wrap_regiongpt(model, processor, **kwargs):
+    from .regiongpt.backend import wrap_regiongpt
+
+    return wrap_regiongpt(model, processor, **kwargs)
+
+
+BACKENDS: dict[str, Backend] = {
+    "florence2": Backend(("florence2",), _florence2_class, _wrap_florence2),
+    "regionvlm": Backend(("instructblip",), _instructblip_class, _wrap_regionvlm),
+    # a LLaVA checkpoint loads as RegionGPT's starting point (new, untrained refinement)
+    "regiongpt": Backend(("regiongpt", "llava"), _regiongpt_class, _wrap_regiongpt),
+}
+
+
+def backend_for(config: dict, source: Source) -> tuple[str, Backend]:
+    """The backend whose ``model_types`` include the config's, or unknown_architecture."""
+    model_type = str(config.get("model_type", ""))
+    for key, backend in BACKENDS.items():
+        if model_type in backend.model_types:
+            return key, backend
+    known = sorted(t for b in BACKENDS.values() for t in b.model_types)
+    raise source.error(
+        "unknown_architecture",
+        f"config.json model_type {model_type!r} is none of {', '.join(known)} (read from {source.ref})",
+    )
+
+
+def region_model_names() -> list[str]:
+    return sorted(set(MODELS) | TINY_MODELS)
+
+
+def named_directory(name: str) -> Path | None:
+    """The local directory of a registry name whose files are built or shipped here (not on
+    the hub); None for any other name. Add a line here for a new kind of local model."""
+    if name in TINY_MODELS:
+        return tiny_path(name)
+    if name in TOY_MODELS:
+        return _toy_directory(name)
+    return None
+
+
+def _toy_directory(name: str) -> Path:
+    """A packaged toy model's directory; never built or replaced on the fly (that would be untrained)."""
+    from .toy import toy_path
+
+    path = toy_path(name)
+    if not (path / "config.json").is_file() or (path / RANDOM_WEIGHTS_MARKER).exists():
+        raise ModelLoadError("not_found_local", "model", name,
+                             f"{path} holds no trained weights: run `make train-toy` to train them")
+    return path
+
+
+def _load_one(name: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool):
+    """Load exactly ``name`` (no fallback), or ModelLoadError."""
+    from transformers import AutoProcessor
+
+    quiet_transformers()
+    directory = named_directory(name)
+    if directory is not None:
+        source = Source("model", name, str(directory), on_hub=False)
+    elif name in MODELS and MODELS[name].source != "Hugging Face" and not Path(name).exists():
+        raise ModelLoadError("not_found_local", "model", name, f"not downloadable: {MODELS[name].source}")
+    else:
+        source = locate("model", name, region_model_names(), hint=" (region-perception models lists the names)")
+    _, backend = backend_for(read_config(source), source)
+    model_class = backend.model_class()  # first: importing it registers its config type (RegionGPT's)
+    processor = from_pretrained(AutoProcessor, source, trust_remote_code=trust_remote_code)
+    model = from_pretrained(model_class, source, dtype=dtype, trust_remote_code=trust_remote_code)
+    local = None if source.on_hub else Path(source.ref)
+    weights_random = bool(local and (local / RANDOM_WEIGHTS_MARKER).exists())
+    if weights_random:
+        loud_notice(
+            f"{name}: RANDOM WEIGHTS (tiny offline model); outputs exercise the code, they are not predictions."
+        )
     try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
+        wrapped = backend.wrap(
+            model.to(device), processor, name=name, device=device, weights_random=weights_random, path=local
+        )
+        wrapped.trained_note = _trained_note(local)
+        return wrapped
+    except (ModelLoadError, torch.cuda.OutOfMemoryError):
+        raise
+    except Exception as exc:
+        raise source.error("unreadable_checkpoint", f"wrapping the loaded model failed: {one_line(exc)}") from exc
 
 
-def _from_pretrained(cls, source: str, **kwargs):
-    """Cached copy first (no network); then a download if the hub can be reached."""
+def _trained_note(local: Path | None) -> str:
+    """What a directory written by `region-perception train` says it learnt from (e.g. "toy model trained
+    on synthetic shapes"); every result of the model carries it. "" for any other model."""
+    meta = local / "region_perception.json" if local is not None else None
+    if meta is None or not meta.is_file():
+        return ""
     try:
-        return cls.from_pretrained(source, local_files_only=True, **kwargs)
-    except OSError:
-        if Path(source).exists() or not hub_reachable():
-            raise
-    return cls.from_pretrained(source, **kwargs)
+        info = json.loads(meta.read_text())
+    except ValueError:
+        return ""
+    return str(info.get("note", "")) if info.get("trained") else ""
+
+
+def fallback_target(name: str, error: ModelLoadError, fallback_model: str = "") -> str:
+    """What to load instead of ``name`` after ``error``; "" = nothing (the error stands).
+
+    An explicit ``fallback_model`` is used whatever the reason; otherwise only the shipped
+    default falls back, and only when the hub cannot be reached.
+    """
+    if fallback_model and fallback_model != name:
+        return fallback_model
+    if error.reason == "no_network":
+        return offline_fallback(name)
+    return ""
 
 
 def load_region_model(
@@ -126,55 +271,28 @@ def load_region_model(
     *,
     trust_remote_code: bool = False,
     allow_fallback: bool = True,
+    fallback_model: str = "",
 ):
-    """A region backend (RegionVLM or Florence-2) from a name, Hugging Face id or directory.
+    """A region backend from a registry name, Hugging Face id or directory, or ModelLoadError.
 
-    A released model that cannot be loaded (no network and nothing cached) is replaced by
-    the tiny offline model of the same backend, with a loud notice.
+    See :func:`fallback_target` for when another model is loaded instead (always loudly,
+    and the model it replaced is kept in the returned backend's ``fallback_from``).
     """
-    from transformers import AutoProcessor, Florence2ForConditionalGeneration, InstructBlipForConditionalGeneration
-
-    from .florence2 import Florence2Region
-    from .regionvlm import RegionVLMModel
-
-    quiet_transformers()
-    backend = backend_of(name_or_path)
-    source = str(tiny_path(name_or_path)) if name_or_path in TINY_MODELS else name_or_path
-    model_cls = Florence2ForConditionalGeneration if backend == "florence2" else InstructBlipForConditionalGeneration
     try:
-        processor = _from_pretrained(AutoProcessor, source, trust_remote_code=trust_remote_code)
-        model = _from_pretrained(model_cls, source, dtype=dtype, trust_remote_code=trust_remote_code)
-    except OSError as exc:
-        if not allow_fallback or name_or_path in TINY_MODELS:
+        return _load_one(name_or_path, device, dtype, trust_remote_code)
+    except ModelLoadError as exc:
+        target = fallback_target(name_or_path, exc, fallback_model) if allow_fallback else ""
+        if not target:
             raise
-        tiny = tiny_fallback(name_or_path)
-        loud_notice(
-            f"could not load {name_or_path!r} ({str(exc).splitlines()[0][:160]}); no network and nothing "
-            f"cached? FALLING BACK to {tiny} with RANDOM WEIGHTS: its outputs are not predictions."
-        )
-        return load_region_model(tiny, device, torch.float32, allow_fallback=False)
-    local = Path(source)
-    weights_random = (local / RANDOM_WEIGHTS_MARKER).exists()
-    if weights_random:
-        loud_notice(
-            f"{name_or_path}: RANDOM WEIGHTS (tiny offline model); outputs exercise the code, they are not predictions."
-        )
-    if backend == "florence2":
-        return Florence2Region(
-            model.to(device), processor, name=name_or_path, device=device, weights_random=weights_random
-        )
-    meta = local / "region_perception.json"
-    trained_on_points = json.loads(meta.read_text()).get("regionvlm_points", False) if meta.exists() else False
-    if not weights_random and not trained_on_points:
-        loud_notice(NOT_POINT_TRAINED.format(name=name_or_path))
-    return RegionVLMModel(
-        model.to(device),
-        processor,
-        name=name_or_path,
-        device=device,
-        weights_random=weights_random,
-        trained_on_points=trained_on_points,
-    )
+        error = exc
+    try:
+        model = _load_one(target, device, torch.float32 if target in TINY_MODELS else dtype, trust_remote_code)
+    except ModelLoadError as exc:
+        raise ModelLoadError(exc.reason, "model", name_or_path, f"{error.detail}; and its fallback: {exc}") from exc
+    random_note = " with RANDOM WEIGHTS: its outputs are not predictions." if model.weights_random else "."
+    loud_notice(f"could not load {error}; FALLING BACK to {target}{random_note}")
+    model.fallback_from = f"{name_or_path}: {error.reason}"
+    return model
 
 
 def load_segmenter(spec: str, backend: str, cache, device: torch.device):
@@ -182,20 +300,31 @@ def load_segmenter(spec: str, backend: str, cache, device: torch.device):
 
     ``sam``: ``tiny-sam``, ``vit_b:/path/sam_vit_b_01ec64.pth`` or a tiny-SAM directory.
     ``hf-sam``: a Hugging Face id (``facebook/sam-vit-base``) or a saved directory.
-    Falls back to ``hf-sam`` when segment-anything is not installed.
+    A segmenter that cannot be loaded raises ModelLoadError (no fallback: the user named it).
     """
     from .sam import SegmentAnythingSegmenter, TransformersSamSegmenter, load_segment_anything
 
+    if backend not in ("sam", "hf-sam"):
+        raise ModelLoadError(
+            "unknown_architecture", "segmenter", spec, f"segmenter_backend {backend!r}: expected sam or hf-sam"
+        )
     if backend == "sam":
         try:
             import segment_anything  # noqa: F401
         except ImportError:
-            loud_notice(
-                "segment-anything is not installed; using transformers' SamModel (facebook/sam-vit-base) instead"
-            )
-            backend, spec = "hf-sam", "facebook/sam-vit-base"
+            raise ModelLoadError(
+                "unknown_architecture",
+                "segmenter",
+                spec,
+                "segment-anything is not installed (pip install segment-anything), or use segmenter_backend hf-sam",
+            ) from None
     if backend == "hf-sam":
-        return TransformersSamSegmenter(spec, cache, device)
+        from transformers import SamModel, SamProcessor
+
+        source = locate("segmenter", spec, [], hint=" (hf-sam: a Hugging Face id such as facebook/sam-vit-base)")
+        model = from_pretrained(SamModel, source)
+        processor = from_pretrained(SamProcessor, source)
+        return TransformersSamSegmenter(spec, cache, device, model=model, processor=processor)
     path = str(tiny_path(TINY_SAM)) if spec == TINY_SAM else spec
     sam, generator_kwargs, weights_random = load_segment_anything(path, device)
     if weights_random:

@@ -109,12 +109,21 @@ class RegionVLMModel:
         slots = (ids_t == self.image_token_id).unsqueeze(-1).expand_as(embeds)
         return embeds.masked_scatter(slots, region_tokens.reshape(-1, embeds.shape[-1]).to(embeds.dtype))
 
-    def _lm_generate(self, embeds: torch.Tensor, max_new_tokens: int, num_beams: int, timings: Timings) -> list[str]:
+    def _lm_generate(
+        self,
+        embeds: torch.Tensor,
+        max_new_tokens: int,
+        num_beams: int,
+        timings: Timings,
+        attention_mask: torch.Tensor | None = None,
+    ) -> list[str]:
         """Greedy/beam generation from prepared input embeddings, one text per row."""
+        if attention_mask is None:
+            attention_mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device)
         with timings.section("generation"):
             out = self.model.language_model.generate(
                 inputs_embeds=embeds,
-                attention_mask=torch.ones(embeds.shape[:2], dtype=torch.long, device=self.device),
+                attention_mask=attention_mask,
                 max_new_tokens=max_new_tokens,
                 num_beams=num_beams,
                 min_new_tokens=1,
@@ -161,6 +170,50 @@ class RegionVLMModel:
             tokens = self.region_tokens(features, [c.points_text for c in cues])
         embeds = torch.cat([self._prompt_embeds(tokens[i : i + 1], ["", ""]) for i in range(len(cues))])
         return self._lm_generate(embeds, max_new_tokens, num_beams, timings)
+
+    @torch.inference_mode()
+    def describe_rows(
+        self,
+        features: ImageFeatures,
+        rows: Sequence[tuple[Sequence[RegionCue], str]],
+        *,
+        max_new_tokens: int = 30,
+        num_beams: int = 1,
+        timings: Timings | None = None,
+    ) -> list[str]:
+        """Several :meth:`describe` calls (captions, answers) as one Q-Former pass and one generation.
+
+        Rows of different lengths are left-padded and masked, so each row reads as it would alone;
+        this is what lets the node answer several queries on one frame in one batch.
+        """
+        timings = timings or Timings()
+        with timings.section("qformer"):
+            tokens = self.region_tokens(features, [c.points_text for cues, _ in rows for c in cues])
+        embeds, start = [], 0
+        for cues, prompt in rows:
+            n = len(cues)
+            pieces = ["", prompt] if n == 1 else multi_region_prompt(n, prompt)
+            embeds.append(self._prompt_embeds(tokens[start : start + n], pieces)[0])
+            start += n
+        longest = max(e.shape[0] for e in embeds)
+        padded = embeds[0].new_zeros((len(embeds), longest, embeds[0].shape[-1]))
+        mask = torch.zeros((len(embeds), longest), dtype=torch.long, device=self.device)
+        for i, e in enumerate(embeds):
+            padded[i, longest - e.shape[0] :] = e
+            mask[i, longest - e.shape[0] :] = 1
+        return self._lm_generate(padded, max_new_tokens, num_beams, timings, attention_mask=mask)
+
+    def category_many(
+        self,
+        features: ImageFeatures,
+        cues: Sequence[RegionCue],
+        hints: Sequence[str],
+        *,
+        timings: Timings | None = None,
+    ) -> list[str]:
+        """:meth:`category` of several regions (each with its own label hint) as one generation."""
+        rows = [([cue], _category_prompt(hint)) for cue, hint in zip(cues, hints, strict=True)]
+        return self.describe_rows(features, rows, max_new_tokens=8, num_beams=1, timings=timings)
 
     def _labels(self, texts: Sequence[str]) -> torch.Tensor:
         enc = self.tokenizer(list(texts), padding=True, return_tensors="pt")
@@ -297,7 +350,7 @@ class RegionVLMModel:
         self, features: ImageFeatures, cue: RegionCue, labels_hint: str, *, timings: Timings | None = None
     ) -> str:
         """RegionGPT's task-guided prompt, asked of the region."""
-        prompt = f"What is the category of this region? Answer the question using {labels_hint}."
+        prompt = _category_prompt(labels_hint)
         return self.generate(features, [cue.points_text], prompt, max_new_tokens=8, timings=timings)
 
     def score_regions(
@@ -315,3 +368,7 @@ class RegionVLMModel:
 
     def refer_native(self, features, text: str, image_size, *, timings: Timings | None = None):
         return None  # RegionVLM refers by scoring proposals
+
+
+def _category_prompt(labels_hint: str) -> str:
+    return f"What is the category of this region? Answer the question using {labels_hint}."

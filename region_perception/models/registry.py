@@ -17,11 +17,66 @@ class ModelSpec:
     size: str
     tasks: tuple[str, ...]
     notes: str = ""
-    tiny_fallback: str = ""  # the offline model used when this one cannot be had
+    # used in place of this model only when the hub cannot be reached and the user did not
+    # choose the model (the shipped default); set on DEFAULT_MODEL only
+    offline_fallback: str = ""
 
 
 ALL_TASKS = ("caption", "ask", "classify", "refer")
 FLORENCE_TASKS = ("caption", "classify", "refer")
+
+REGIONGPT_MODELS = (
+    ModelSpec(
+        "regiongpt",
+        "regiongpt",
+        "NO released weights: train from llava-hf/llava-1.5-7b-hf (`train`, stages 1 and 2); "
+        "then use the saved directory as the model",
+        "Llama 2 (Vicuna) + this package",
+        "7B",
+        ALL_TASKS,
+        "LLaVA + refined features, mask pooling, <region> tokens (arXiv 2403.02330)",
+    ),
+    ModelSpec(
+        "llava-hf/llava-1.5-7b-hf",
+        "regiongpt",
+        "Hugging Face",
+        "Llama 2",
+        "7B",
+        ALL_TASKS,
+        "RegionGPT's starting point: loads as RegionGPT with a NEW, UNTRAINED refinement",
+    ),
+    ModelSpec(
+        "tiny-regiongpt",
+        "regiongpt",
+        "built offline from a config (RANDOM weights)",
+        "MIT",
+        "0.3M",
+        ALL_TASKS,
+        "tests and offline fallback: outputs are not predictions",
+    ),
+)
+
+# Trained from scratch on the synthetic shapes (`make train-toy`), shipped in region_perception/data/toy/.
+TOY_MODEL_SPECS = (
+    ModelSpec(
+        "toy-regionvlm",
+        "regionvlm",
+        "packaged: region_perception/data/toy/toy-regionvlm (`make train-toy` rebuilds it)",
+        "BSD-3-Clause",
+        "2M",
+        ALL_TASKS,
+        "toy model trained on synthetic shapes: knows colours and shapes, nothing else",
+    ),
+    ModelSpec(
+        "toy-florence2",
+        "florence2",
+        "packaged: region_perception/data/toy/toy-florence2 (`make train-toy` rebuilds it)",
+        "MIT",
+        "2M",
+        FLORENCE_TASKS,
+        "toy model trained on synthetic shapes: knows colours and shapes, nothing else",
+    ),
+)
 
 MODELS: dict[str, ModelSpec] = {
     spec.name: spec
@@ -34,7 +89,7 @@ MODELS: dict[str, ModelSpec] = {
             "0.23B",
             FLORENCE_TASKS,
             "default: released region caption/category/referring segmentation",
-            "tiny-florence2",
+            offline_fallback="tiny-florence2",  # the offline first run: RANDOM weights, said loudly
         ),
         ModelSpec(
             "florence-community/Florence-2-large",
@@ -44,7 +99,6 @@ MODELS: dict[str, ModelSpec] = {
             "0.77B",
             FLORENCE_TASKS,
             "as base, more accurate",
-            "tiny-florence2",
         ),
         ModelSpec(
             "regionvlm",
@@ -55,7 +109,6 @@ MODELS: dict[str, ModelSpec] = {
             "3.9B",
             ALL_TASKS,
             "BLIP-2 FlanT5-XL whose Q-Former reads region points as text",
-            "tiny-regionvlm",
         ),
         ModelSpec(
             "Salesforce/instructblip-flan-t5-xl",
@@ -65,7 +118,6 @@ MODELS: dict[str, ModelSpec] = {
             "4.0B",
             ALL_TASKS,
             "same architecture, but NEVER trained on point text: region answers ignore the region",
-            "tiny-regionvlm",
         ),
         ModelSpec(
             "tiny-florence2",
@@ -85,12 +137,15 @@ MODELS: dict[str, ModelSpec] = {
             ALL_TASKS,
             "tests and offline fallback: outputs are not predictions",
         ),
+        *REGIONGPT_MODELS,
+        *TOY_MODEL_SPECS,
     )
 }
 
 DEFAULT_MODEL = "florence-community/Florence-2-base"
-TINY_MODELS = {"tiny-regionvlm", "tiny-florence2", "bench-regionvlm"}
+TINY_MODELS = {"tiny-regionvlm", "tiny-florence2", "bench-regionvlm", "tiny-regiongpt"}
 TINY_SAM = "tiny-sam"
+TOY_MODELS = {spec.name for spec in TOY_MODEL_SPECS}
 
 
 def backend_of(name_or_path: str) -> str:
@@ -101,15 +156,16 @@ def backend_of(name_or_path: str) -> str:
     config = Path(name_or_path) / "config.json"
     if config.is_file():
         model_type = json.loads(config.read_text()).get("model_type", "")
+        if model_type in ("regiongpt", "llava"):
+            return "regiongpt"
         return "florence2" if model_type.startswith("florence") else "regionvlm"
     return "florence2" if "florence" in name_or_path.lower() else "regionvlm"
 
 
-def tiny_fallback(name_or_path: str) -> str:
-    spec = MODELS.get(name_or_path)
-    if spec and spec.tiny_fallback:
-        return spec.tiny_fallback
-    return "tiny-florence2" if backend_of(name_or_path) == "florence2" else "tiny-regionvlm"
+def offline_fallback(name: str) -> str:
+    """What replaces ``name`` when the hub cannot be reached: only the shipped default has one."""
+    spec = MODELS.get(name)
+    return spec.offline_fallback if spec else ""
 
 
 def supports(name_or_path: str, task: str) -> bool:

@@ -107,25 +107,61 @@ def build_tiny_sam(out: Path) -> Path:
 
 def load_segment_anything(spec: str, device: torch.device):
     """``vit_b:/path/sam_vit_b_01ec64.pth`` (released weights) or a directory made by
-    :func:`build_tiny_sam`. Returns (sam, generator kwargs, weights_random)."""
+    :func:`build_tiny_sam`. Returns (sam, generator kwargs, weights_random); ModelLoadError
+    when the spec names nothing, the file is missing or the weights do not load."""
     from segment_anything import sam_model_registry
 
-    path = Path(spec)
+    from .sources import ModelLoadError, one_line
+
+    path = Path(spec).expanduser()
     if path.is_dir():
         from safetensors.torch import load_file
 
-        cfg = json.loads((path / "config.json").read_text())
-        sam = build_sam_from_config(cfg)
-        sam.load_state_dict(load_file(str(path / "model.safetensors")))
+        for needed in ("config.json", "model.safetensors"):
+            if not (path / needed).is_file():
+                raise ModelLoadError("unreadable_checkpoint", "segmenter", spec, f"directory {path} has no {needed}")
+        try:
+            cfg = json.loads((path / "config.json").read_text())
+            sam = build_sam_from_config(cfg)
+        except Exception as exc:
+            raise ModelLoadError("unknown_architecture", "segmenter", spec, f"config.json: {one_line(exc)}") from exc
+        try:
+            sam.load_state_dict(load_file(str(path / "model.safetensors")))
+        except Exception as exc:
+            raise ModelLoadError(
+                "unreadable_checkpoint", "segmenter", spec, f"{path / 'model.safetensors'}: {one_line(exc)}"
+            ) from exc
         return sam.to(device), cfg.get("generator", {}), (path / RANDOM_WEIGHTS_MARKER).exists()
     model_type, _, checkpoint = spec.partition(":")
     if model_type not in sam_model_registry or not checkpoint:
-        raise ValueError(
-            f"segment-anything model {spec!r}: expected TYPE:CHECKPOINT.pth with TYPE one of "
-            f"{sorted(k for k in sam_model_registry if k != 'default')}, or a model directory"
+        local = path.is_absolute() or spec.startswith((".", "~"))
+        raise ModelLoadError(
+            "not_found_local" if local else "unknown_name",
+            "segmenter",
+            spec,
+            (f"no such directory {path.absolute()}; " if local else "")
+            + "expected TYPE:CHECKPOINT.pth with TYPE one of "
+            f"{sorted(k for k in sam_model_registry if k != 'default')}, or an existing model directory",
+        )
+    checkpoint_path = Path(checkpoint).expanduser()
+    if not checkpoint_path.is_file():
+        raise ModelLoadError(
+            "not_found_local",
+            "segmenter",
+            spec,
+            f"no such checkpoint file {checkpoint_path} (never looked up on the hub)",
         )
     sam = sam_model_registry[model_type](checkpoint=None)
-    sam.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True))
+    try:
+        state = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelLoadError("unreadable_checkpoint", "segmenter", spec, f"{checkpoint_path}: {one_line(exc)}") from exc
+    try:
+        sam.load_state_dict(state)
+    except Exception as exc:
+        raise ModelLoadError(
+            "unknown_architecture", "segmenter", spec, f"{checkpoint_path} is not a {model_type} SAM: {one_line(exc)}"
+        ) from exc
     return sam.to(device).eval(), {}, False
 
 
@@ -211,12 +247,16 @@ class TransformersSamSegmenter:
         device: torch.device,
         points_per_side: int = 8,
         weights_random: bool | None = None,
+        model=None,
+        processor=None,
     ) -> None:
         from transformers import SamModel, SamProcessor
 
         self.name = name_or_path
-        self.model = SamModel.from_pretrained(name_or_path).to(device).eval()
-        self.processor = SamProcessor.from_pretrained(name_or_path)
+        # loading.load_segmenter passes model and processor, loaded with errors that say why
+        model = model if model is not None else SamModel.from_pretrained(name_or_path)
+        self.model = model.to(device).eval()
+        self.processor = processor if processor is not None else SamProcessor.from_pretrained(name_or_path)
         self.cache = cache
         self.device = device
         self.points_per_side = points_per_side

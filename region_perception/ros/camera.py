@@ -1,7 +1,9 @@
 """``region-perception-camera``: publish frames from an image, a folder or a video.
 
 With no source it publishes real photographs bundled with scikit-image (astronaut, coffee,
-cat, rocket), so a demo needs no camera and no download.
+cat, rocket), so a demo needs no camera and no download. ``--source synthetic`` publishes
+scenes of the synthetic shapes world instead, each with its ground truth as JSON on
+``<topic>/ground_truth`` (see :mod:`region_perception.synthetic_camera`).
 """
 
 from __future__ import annotations
@@ -21,7 +23,10 @@ from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import Image
 
 from .image_conversion import array_to_image_msg
+from .replay import is_log, replay
+from .spin import node_executor, spin_until
 
+SYNTHETIC = "synthetic"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 BUNDLED = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -79,11 +84,34 @@ def frames_from(source: str | None, loop: bool, decoded: dict | None = None) -> 
             return
 
 
+def _rate(text: str) -> float:
+    """``--rate``: a positive number, or ``max`` (0: no waiting)."""
+    if text.strip().lower() == "max":
+        return 0.0
+    try:
+        return max(0.0, float(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'max'") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="region-perception-camera", description=__doc__.splitlines()[0])
-    p.add_argument("--source", help="image file, folder of images or video (default: bundled photos)")
-    p.add_argument("--rate", type=float, default=2.0, help="frames per second")
-    p.add_argument("--topic", default="image")
+    p.add_argument(
+        "--source",
+        help="image file, folder of images, video, a log: .mcap / ROS 2 bag directory, or 'synthetic' "
+        "(scenes of coloured shapes with their ground truth) (default: photos)",
+    )
+    p.add_argument("--seed", type=int, default=None, help="synthetic: the scene stream (default 1)")
+    p.add_argument("--size", type=int, default=None, help="synthetic: image side in pixels (default 128)")
+    p.add_argument("--start", type=int, default=0, help="synthetic: index of the first scene (default 0)")
+    p.add_argument(
+        "--rate", type=_rate, default=None, help="frames per second (default 2); a log: speed factor (default 1) or max"
+    )
+    p.add_argument("--topic", help="topic to publish on (default image); a log: its image topic to play")
+    p.add_argument("--list", action="store_true", help="a log: print its image topics with counts and exit")
+    p.add_argument("--loop", action="store_true", help="a log: play it again and again")
+    p.add_argument("--publish-topic", help="a log: publish on this topic (default image or image/compressed)")
+    p.add_argument("--no-progress", action="store_true", help="a log: no progress bar")
     p.add_argument("--frame-id", default="camera_optical_frame")
     p.add_argument("--encoding", choices=["rgb8", "bgr8"], default="rgb8")
     p.add_argument("--width", type=int, default=0, help="resize to this width (keeps aspect unless --height)")
@@ -103,9 +131,81 @@ def resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
 
 
+def _qos(reliable: bool) -> QoSProfile:
+    return QoSProfile(
+        history=HistoryPolicy.KEEP_LAST,
+        depth=1 if not reliable else 5,
+        reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
+    )
+
+
+def publish_synthetic(args: argparse.Namespace, argv: list[str]) -> int:
+    """Synthetic scenes, one per frame, each followed by its ground truth (a reliable JSON topic).
+
+    The ground truth is published before its frame, so a client that has the frame has its truth.
+    """
+    from std_msgs.msg import String
+
+    from ..synthetic_camera import DEFAULT_SEED, DEFAULT_SIZE, ground_truth, ground_truth_json, synthetic_frame
+
+    seed = DEFAULT_SEED if args.seed is None else args.seed
+    size = DEFAULT_SIZE if args.size is None else args.size
+    if size < 32 or size > 4096:
+        print(f"region-perception-camera: error: --size {size}: expected 32 to 4096 pixels", file=sys.stderr)
+        return 2
+    if args.start < 0 or args.count < 0:
+        print("region-perception-camera: error: --start and --count must be >= 0", file=sys.stderr)
+        return 2
+    if args.width or args.height:  # the ground truth is in the scene's pixels
+        print("region-perception-camera: error: synthetic scenes are sized by --size, not --width/--height",
+              file=sys.stderr)
+        return 2
+    rclpy.init(args=argv)
+    node = rclpy.create_node("region_perception_camera")
+    topic = args.topic or "image"
+    pub = node.create_publisher(Image, topic, _qos(args.reliable))
+    executor = node_executor(node)
+    truth_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
+    truth_pub = node.create_publisher(String, f"{topic}/ground_truth", truth_qos)
+    rate = 2.0 if args.rate is None else args.rate
+    period = 1.0 / rate if rate > 0 else 0.0
+    count = 1 if args.once and not args.count else args.count
+    index = args.start
+    next_time = time.monotonic()
+    try:
+        while rclpy.ok() and not (count and index - args.start >= count):
+            frame, objects = synthetic_frame(seed, index, size)
+            data = frame if args.encoding == "rgb8" else cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+            msg = array_to_image_msg(np.ascontiguousarray(data), args.encoding)
+            msg.header.frame_id = args.frame_id
+            msg.header.stamp = node.get_clock().now().to_msg()
+            stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+            truth = ground_truth(seed, index, size, objects)
+            truth_pub.publish(String(data=ground_truth_json(truth, stamp_ns, args.frame_id)))
+            pub.publish(msg)
+            index += 1
+            next_time += period
+            spin_until(executor, next_time)
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        executor.shutdown(timeout_sec=1.0)
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else [sys.argv[0], *argv])
     args = build_parser().parse_args(remove_ros_args(argv)[1:])
+    if args.list or is_log(args.source):  # recorded logs: played by replay.py, read by region_perception.logs
+        return replay(args, argv)
+    if args.source == SYNTHETIC:
+        return publish_synthetic(args, argv)
+    if args.seed is not None or args.size is not None:
+        print("region-perception-camera: error: --seed and --size are for --source synthetic", file=sys.stderr)
+        return 2
     rclpy.init(args=argv)
     node = rclpy.create_node("region_perception_camera")
     qos = QoSProfile(
@@ -113,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         depth=1 if not args.reliable else 5,
         reliability=ReliabilityPolicy.RELIABLE if args.reliable else ReliabilityPolicy.BEST_EFFORT,
     )
-    pub = node.create_publisher(Image, args.topic, qos)
-    period = 1.0 / args.rate if args.rate > 0 else 0.0
+    pub = node.create_publisher(Image, args.topic or "image", qos)
+    executor = node_executor(node)
+    rate = 2.0 if args.rate is None else args.rate
+    period = 1.0 / rate if rate > 0 else 0.0
     sent = 0
     cache: dict[str, Image] = {}  # still images are converted once, then only re-stamped
     is_video = (
@@ -139,14 +241,14 @@ def main(argv: list[str] | None = None) -> int:
             if args.count and sent >= args.count:
                 break
             next_time += period  # a steady rate, whatever publishing took
-            while time.monotonic() < next_time:
-                rclpy.spin_once(node, timeout_sec=max(0.0, next_time - time.monotonic()))
+            spin_until(executor, next_time)
     except FileNotFoundError as exc:
         print(f"region-perception-camera: error: {exc}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

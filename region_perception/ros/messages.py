@@ -53,6 +53,7 @@ def spec_from_query(msg: RegionQuery) -> QuerySpec:
         max_new_tokens=int(msg.max_new_tokens),
         num_beams=int(msg.num_beams),
         timeout_s=float(msg.timeout_s),
+        conversation_id=str(getattr(msg, "conversation_id", "")),
         context=msg,
     )
 
@@ -85,6 +86,7 @@ def result_msg(outcome: Outcome, model_name: str, weights_random: bool, include_
     msg.model = model_name
     msg.weights_random = bool(weights_random)
     msg.queue_ms, msg.inference_ms, msg.latency_ms = outcome.queue_ms, outcome.inference_ms, outcome.latency_ms
+    msg.batch_size = max(1, min(65535, int(getattr(outcome, "batch_size", 1))))  # queries in its engine call
     result = outcome.result
     if result is None:
         return msg
@@ -101,4 +103,5 @@ def result_msg(outcome: Outcome, model_name: str, weights_random: bool, include_
     msg.selected_index = int(result.selected_index)
     msg.candidate_scores = [float(s) for s in result.candidate_scores]
     msg.candidate_boxes = [_roi(b) for b in result.candidate_boxes]
+    msg.notes = [str(n) for n in result.notes]
     return msg

@@ -13,7 +13,6 @@ from __future__ import annotations
 import itertools
 import math
 import sys
-import threading
 import time
 
 import numpy as np
@@ -22,7 +21,6 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
@@ -40,10 +38,12 @@ from ..regions import RegionError
 from ..status import Status
 from .image_conversion import array_to_image_msg, compressed_msg_to_rgb, image_msg_to_rgb
 from .messages import result_msg, spec_from_query
+from .spin import Handoff, make_executor, serve_until_signalled, stop_requested_by_signals
 
 # name -> (default, description); every one is documented in config/default.yaml
 PARAMETERS: dict[str, tuple[object, str]] = {
     "model": ("florence-community/Florence-2-base", "registry name, Hugging Face id or local directory"),
+    "fallback_model": ("", "loaded (loudly) when model cannot be; empty = only the default falls back, offline"),
     "segmenter": ("none", "SAM for box/point -> mask: tiny-sam, vit_b:/path.pth, HF id, or none"),
     "segmenter_backend": ("sam", "sam (segment-anything) or hf-sam (transformers SamModel)"),
     "proposals": ("superpixels", "REFER proposals: sam or superpixels"),
@@ -58,6 +58,8 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "frame_wait_s": (0.5, "a query stamped after the newest frame waits this long for its frame"),
     "query_qos_depth": (1000, "history depth of region_queries and region_results (bursts are not dropped)"),
     "queue_size": (8, "queries waiting for the model; more are answered QUEUE_FULL"),
+    "max_batch": (8, "queued queries on one frame answered by one engine call (1 = one at a time)"),
+    "batch_window_ms": (0.0, "wait this long for more queries to batch (0 = batch only what is waiting)"),
     "default_timeout_s": (0.0, "deadline for queries without one (0 = none)"),
     "service_timeout_s": (120.0, "longest a ~/query call waits"),
     "default_vocabulary": ("coco80", "CLASSIFY labels when a query gives none: name or file"),
@@ -76,9 +78,22 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "image_qos_depth": (1, "QoS history depth of the image subscription"),
     "use_compressed": (False, "subscribe image/compressed instead of image"),
     "fault_every": (0, "testing aid: every Nth model call fails on purpose (0 = off)"),
+    "hold_model_s": (0.0, "testing aid: each model call waits this long or until shutdown (0 = off)"),
+    "conversation_turns": (8, "ASK dialogue: turns kept per conversation_id"),
+    "conversation_max": (64, "ASK dialogue: conversations kept (least recently used forgotten first)"),
+    "conversation_idle_s": (300.0, "ASK dialogue: a conversation idle this long is forgotten (answered as new)"),
     "auto_activate": (True, "configure and activate at start"),
     "diagnostics_period_s": (1.0, "how often /diagnostics is published"),
 }
+
+
+def load_failure(model: str, exc: Exception) -> tuple[str, str]:
+    """(reason, one line) for a model that could not be loaded: ModelLoadError says why."""
+    from ..models.sources import ModelLoadError, one_line
+
+    if isinstance(exc, ModelLoadError):
+        return exc.reason, f"could not load {exc}"
+    return "error", f"could not load model {model!r}: {type(exc).__name__}: {one_line(exc)}"
 
 
 def _percentile(values, q: float) -> float:
@@ -94,10 +109,13 @@ class RegionPerceptionNode(LifecycleNode):
         self.processor: QueryProcessor | None = None
         self.frames: FrameBuffer | None = None
         self._active = False
+        self.load_error = ""  # why the last activate could not load the model ("" = it did, or none yet)
+        self.load_error_reason = ""  # ModelLoadError.reason (not_found_local, no_network, ...) or "error"
         self._marker_ids = itertools.count()
         self._service_ids = itertools.count()
         self._fast = MutuallyExclusiveCallbackGroup()
-        self._slow = ReentrantCallbackGroup()
+        self._slow = ReentrantCallbackGroup()  # ~/query calls await the worker side by side
+        self._service_calls: dict[Handoff, tuple[float, RegionQuery]] = {}  # awaiting: (give up at, query)
         self._created = []
         self._image_times: list[float] = []
         self.overlays_drawn = 0  # diagnostics: overlays are drawn only while someone subscribes
@@ -123,6 +141,8 @@ class RegionPerceptionNode(LifecycleNode):
             vocabulary_name=vocabulary_display_name(vocabulary),
             default_timeout_s=float(self.p("default_timeout_s")),
             frame_wait_s=float(self.p("frame_wait_s")),
+            max_batch=int(self.p("max_batch")),
+            batch_window_ms=float(self.p("batch_window_ms")),
         )
         # deep histories: a burst of queries must reach the node (to be answered QUEUE_FULL
         # if need be), and a burst of answers must reach the clients, not be overwritten
@@ -161,8 +181,10 @@ class RegionPerceptionNode(LifecycleNode):
         try:
             self.engine = RegionEngine.load(config)
         except Exception as exc:  # a bad model name must not kill the node: it stays inactive
-            self.get_logger().error(f"could not load model {config.model!r}: {exc}")
+            self.load_error_reason, self.load_error = load_failure(config.model, exc)
+            self.get_logger().error(f"activate failed, staying inactive: {self.load_error}")
             return TransitionCallbackReturn.FAILURE
+        self.load_error = self.load_error_reason = ""
         self.processor.engine = self.engine
         self.processor.start()
         self._active = True
@@ -237,20 +259,19 @@ class RegionPerceptionNode(LifecycleNode):
                 spec.query_id or "unnamed",
                 spec.task,
                 Status.MODEL_ERROR,
-                "the node is inactive: activate it to load the model",
+                f"the node is inactive: {self.load_error or 'activate it to load the model'}",
             )
             outcome.spec = spec
             self._send(outcome, on_done, msg)
             return
         processor.submit(spec)
 
-    def _on_service(self, request: QueryRegions.Request, response: QueryRegions.Response):
-        done = threading.Event()
-        holder: list[RegionResult] = []
+    async def _on_service(self, request: QueryRegions.Request, response: QueryRegions.Response):
+        """Never blocks the executor: awaits a hand-off the inference worker completes."""
+        handoff = Handoff(self.executor)
 
         def on_done(result: RegionResult) -> None:
-            holder.append(result)
-            done.set()
+            handoff.set(result)  # from the worker thread (or now, for an immediate answer)
 
         frame = None
         if request.image.width > 0 and request.image.height > 0:
@@ -261,18 +282,30 @@ class RegionPerceptionNode(LifecycleNode):
         query = request.query
         if query.timeout_s <= 0:
             query.timeout_s = float(self.p("service_timeout_s"))
+        self._service_calls[handoff] = (time.monotonic() + query.timeout_s + 60.0, query)  # see _expire
         self._submit(query, frame, on_done)
-        if not done.wait(timeout=query.timeout_s + 60.0):
-            result = RegionResult(query_id=query.query_id, task=query.task, status=int(Status.TIMEOUT))
-            result.error = "the worker did not answer in time"
-            response.result = result
-            return response
-        response.result = holder[0]
+        try:
+            response.result = await handoff
+        finally:
+            self._service_calls.pop(handoff, None)
         return response
 
     def _expire(self) -> None:
         if self.processor is not None:
             self.processor.expire_overdue()
+        now = time.monotonic()
+        for handoff, (give_up_at, query) in list(self._service_calls.items()):
+            if now > give_up_at:  # a model call that never ends must not hold the caller forever
+                result = RegionResult(query_id=query.query_id, task=query.task, status=int(Status.TIMEOUT))
+                result.error = "the worker did not answer in time"
+                handoff.set(result)
+
+    def wait_for_service_answers(self, timeout_s: float) -> bool:
+        """Until every ~/query call in flight has been answered (the executor must be spinning)."""
+        end = time.monotonic() + timeout_s
+        while self._service_calls and time.monotonic() < end:
+            time.sleep(0.01)
+        return not self._service_calls
 
     # -- output --------------------------------------------------------------------------------
     def _deliver(self, outcome: Outcome) -> None:
@@ -353,7 +386,9 @@ class RegionPerceptionNode(LifecycleNode):
             return
         device = str(engine.model.device) if engine is not None else "none"
         status = DiagnosticStatus(name="region_perception: inference", hardware_id=device)
-        if not self._active:
+        if not self._active and self.load_error:
+            status.level, status.message = DiagnosticStatus.ERROR, f"inactive: {self.load_error}"
+        elif not self._active:
             status.level, status.message = DiagnosticStatus.WARN, "inactive: model not loaded"
         elif proc.consecutive_model_errors >= 3:
             status.level = DiagnosticStatus.ERROR
@@ -379,6 +414,10 @@ class RegionPerceptionNode(LifecycleNode):
             "inference_p50_ms": round(_percentile(proc.inference_ms, 50), 1),
             "feature_cache_hits": engine.cache.hits if engine else 0,
             "overlays_drawn": self.overlays_drawn,
+            "overlay_subscribers": self.overlay_pub.get_subscription_count(),
+            "model_calls_held": getattr(engine.model, "holding", 0) if engine else 0,  # hold_model_s (testing aid)
+            "load_error_reason": self.load_error_reason,
+            "fallback_from": getattr(engine.model, "fallback_from", "") if engine else "",
         }
         values.update({f"answered_{s.name.lower()}": n for s, n in proc.answered.items()})
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
@@ -391,30 +430,32 @@ def main(argv: list[str] | None = None) -> int:
     """``region-perception-node [--ros-args --params-file config/default.yaml ...]``.
 
     SIGINT/SIGTERM stop the node gracefully: pending queries are answered SHUTTING_DOWN
-    while the middleware is still up (rclpy's own handler would tear it down first).
+    (topic and ~/query alike) while the middleware is still up and the executor still
+    spins (rclpy's own handler would tear the middleware down first).
     """
-    import signal
-
     from rclpy.signals import SignalHandlerOptions
 
     rclpy.init(args=argv if argv is not None else sys.argv, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    requested = stop_requested_by_signals()
     node = RegionPerceptionNode()
-    executor = MultiThreadedExecutor(num_threads=4)
+    executor = make_executor()
     executor.add_node(node)
+
+    def answer_pending() -> None:
+        node._unload("the node is shutting down")  # answers SHUTTING_DOWN to what is pending
+        node.wait_for_service_answers(timeout_s=5.0)  # the executor sends those responses
+        if getattr(node, "results_pub", None) is not None:
+            node.results_pub.wait_for_all_acked(Duration(seconds=2.0))  # the results have left
+
     try:
-        if node.p("auto_activate"):
+        if node.p("auto_activate") and not requested.is_set():
             node.trigger_configure()
             node.trigger_activate()
-        while not stop.is_set() and rclpy.ok():
-            executor.spin_once(timeout_sec=0.1)
-    except (KeyboardInterrupt, ExternalShutdownException):
+        serve_until_signalled(executor, requested, before_stop=answer_pending)
+    except KeyboardInterrupt:
         pass
     finally:
-        node._unload("the node is shutting down")  # publishes SHUTTING_DOWN for what is pending
-        time.sleep(0.3)  # let those results leave before the middleware goes
+        node._unload("the node is shutting down")  # a no-op when answer_pending ran
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         if rclpy.ok():

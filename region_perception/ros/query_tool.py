@@ -26,6 +26,7 @@ from ..cli import CliError, _numbers, parse_points
 from ..status import Status
 from .image_conversion import array_to_image_msg
 from .msg_dict import msg_to_dict
+from .script_runner import script_main
 
 TASKS = {
     "caption": RegionQuery.CAPTION,
@@ -113,7 +114,12 @@ def send(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="region-perception-query", description=__doc__.splitlines()[0])
-    p.add_argument("task", help="caption | classify | refer | ask (or a task number)")
+    p.add_argument("task", nargs="?", help="caption | classify | refer | ask (or a task number)")
+    p.add_argument("--script", help="queries.yaml: send its queries, print each result as a JSON line")
+    p.add_argument("--out", help="--script: write the JSON lines to this new file instead of stdout")
+    p.add_argument("--frames", type=int, default=0, help="--script: camera frames to follow for every-N queries")
+    p.add_argument("--image-topic", default="image", help="--script: the camera topic every-N queries follow")
+    p.add_argument("--min-subscribers", type=int, default=1, help="--script: wait for this many query listeners")
     p.add_argument("--points", action="append", help='"x,y;x,y" pixels (repeat for more regions)')
     p.add_argument("--scribble", action="append")
     p.add_argument("--box", action="append", help="x1,y1,x2,y2 pixels")
@@ -134,7 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else [sys.argv[0], *argv])
     args = build_parser().parse_args(remove_ros_args(argv)[1:])
+    if args.script:  # a scripted list of queries (the run-log format)
+        return script_main(args, argv, summarize)
     try:
+        if args.task is None:
+            raise CliError("give a task (caption | classify | refer | ask) or --script queries.yaml")
         query = build_query(args)
     except (CliError, KeyError) as exc:
         print(f"region-perception-query: error: {exc}", file=sys.stderr)

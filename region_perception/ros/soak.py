@@ -78,10 +78,11 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 next_sample += 30
-            time.sleep(0.005)
-        deadline = time.monotonic() + 60
-        while not all(q in h.results for q in sent) and time.monotonic() < deadline:
-            time.sleep(0.05)
+            time.sleep(max(0.0, min(next_query, next_sample, end) - time.monotonic()))  # until the next event
+        try:
+            h.wait_for(lambda: all(q in h.results for q in sent), 60, "some queries got no result")
+        except RuntimeError:
+            pass  # counted below as lost
         samples.append((time.monotonic() - start, rss_mib(h.proc.pid)))
         alive = h.proc.poll() is None
     finally:

@@ -8,11 +8,11 @@ from collections import defaultdict
 
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
-from rclpy.executors import SingleThreadedExecutor
 from sensor_msgs.msg import Image
 from visualization_msgs.msg import MarkerArray
 
 from region_perception.msg import RegionQuery, RegionResult
+from region_perception.ros.spin import make_executor, spin_in_background
 from region_perception.srv import QueryRegions
 
 
@@ -21,7 +21,7 @@ class RosClient:
         self.context = rclpy.Context()
         rclpy.init(context=self.context)
         self.node = rclpy.create_node(name, context=self.context)
-        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor = make_executor(self.context)
         self.executor.add_node(self.node)
         self.lock = threading.Lock()
         self.frames: dict[tuple[int, int], Image] = {}
@@ -36,13 +36,7 @@ class RosClient:
         self.query_pub = self.node.create_publisher(RegionQuery, "region_queries", 1000)
         self.client = self.node.create_client(QueryRegions, "/region_perception/query")
         self._overlay_sub = None
-        self._stop = False
-        self.thread = threading.Thread(target=self._spin, daemon=True)
-        self.thread.start()
-
-    def _spin(self) -> None:
-        while not self._stop and self.context.ok():
-            self.executor.spin_once(timeout_sec=0.05)
+        self._stop, self.thread = spin_in_background(self.executor, "test-client")
 
     def _frame(self, msg: Image) -> None:
         with self.lock:
@@ -56,6 +50,7 @@ class RosClient:
         self._overlay_sub = self.node.create_subscription(Image, "/region_perception/overlay", self.overlays.append, 5)
 
     def wait(self, predicate, timeout: float = 60.0) -> bool:
+        """Until ``predicate()`` holds (checked every 50 ms), at most ``timeout`` s: never a fixed sleep."""
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             if predicate():
@@ -103,7 +98,7 @@ class RosClient:
         return {}
 
     def close(self) -> None:
-        self._stop = True
+        self._stop.set()
         self.thread.join(timeout=5)
         self.node.destroy_node()
         rclpy.shutdown(context=self.context)

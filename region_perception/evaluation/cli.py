@@ -1,0 +1,74 @@
+"""``region-perception eval TASK``: the seeds' protocols over a dataset split, from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+from .runner import TASKS
+
+
+def add_parser(sub) -> None:
+    """Register ``eval`` on the main parser's subcommands."""
+    p = sub.add_parser("eval", help="answer quality: refer, comprehension, classify, caption (docs/evaluation.md)")
+    p.add_argument("task", choices=TASKS)
+    p.add_argument("--dataset", required=True, help="dataset directory (synthetic, COCO, RefCOCO or Visual Genome)")
+    p.add_argument("--split", default="val", help="split (val, train, testA, val2017 ...; default val)")
+    p.add_argument("--images", dest="image_dir", help="image directory when not beside the annotations")
+    p.add_argument("--refs-file", dest="refs_file", help="RefCOCO: which refs(*).p (default unc/umd)")
+    p.add_argument("--limit", type=int, help="first N samples only")
+    p.add_argument("--out", help="per-sample rows (jsonl); a rerun skips the rows it already has")
+    p.add_argument("--predictions", help="score this COCO-format results file instead of running a model")
+    p.add_argument("--region", choices=["box", "mask"], default="box", help="how a ground-truth region is given")
+    p.add_argument("--rank", action="store_true", help="classify: rank every label by the model's loss")
+    p.add_argument("--vocab-name", dest="vocabulary_name", default="", help='classify: e.g. "COCO-80" in the prompt')
+    p.add_argument("--candidates", choices=["gt", "proposals"], default="gt",
+                   help="comprehension: the image's ground-truth regions, or the engine's mask proposals")
+    p.add_argument("--no-meteor", dest="meteor", action="store_false", help="caption: skip METEOR (Java)")
+    p.add_argument("--merge-shards", dest="merge_shards", type=int, default=0, metavar="WORLD",
+                   help="only merge --out's per-rank files of a WORLD-rank run and summarise them")
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--json", action="store_true", help="the summary as one JSON object on stdout")
+    eng = p.add_argument_group("engine (as the node's: --config config/default.yaml)")
+    eng.add_argument("--config", help="node parameters YAML to read engine settings from")
+    eng.add_argument("--model")
+    eng.add_argument("--fallback-model", dest="fallback_model")
+    eng.add_argument("--segmenter")
+    eng.add_argument("--proposals", choices=["sam", "superpixels"])
+    eng.add_argument("--refer-route", dest="refer_route", choices=["proposals", "native"])
+    eng.add_argument("--device")
+    eng.add_argument("--dtype")
+    eng.add_argument("--seed", type=int)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import CliError, _engine
+    from ..datasets import load_dataset
+    from .runner import evaluate, summarize_file
+
+    if args.limit is not None and args.limit < 1:
+        raise CliError("--limit must be at least 1")
+    dataset = load_dataset(args.dataset, args.split, images=args.image_dir, refs_file=args.refs_file)
+    if args.merge_shards:
+        if not args.out:
+            raise CliError("--merge-shards needs --out")
+        summary = summarize_file(args.task, Path(args.out), dataset, args.merge_shards, meteor=args.meteor)
+    else:
+        if args.device and args.device.startswith("cuda") and ":" not in args.device and "LOCAL_RANK" in os.environ:
+            args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # torchrun: one GPU per rank
+        engine = None if args.predictions else _engine(args)
+        summary = evaluate(
+            args.task, engine, dataset, limit=args.limit, out=Path(args.out) if args.out else None,
+            progress=args.progress, predictions=args.predictions, region=args.region, rank=args.rank,
+            vocabulary_name=args.vocabulary_name, candidates=args.candidates, meteor=args.meteor,
+            route=args.refer_route or "", seed=args.seed or 0,
+        )
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    return 0

@@ -1,0 +1,229 @@
+"""Run scripted queries over a log's frames with no ROS graph: regression tests on robot data.
+
+Each query is answered by the node's own logic (:meth:`QueryProcessor.answer` on the
+engine), on the frame its stamp names (nearest within the tolerance, as the node's frame
+buffer does) or on every Nth frame, and becomes one JSON line with the fields of a
+``RegionResult`` (masks as size and area; PNGs on request).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from ..frame_buffer import Frame
+from ..query_processor import Outcome, QueryProcessor, QuerySpec
+from ..status import Status
+from . import LogError
+from .cdr import header_stamp_ns
+from .reader import LogReader, decode_frame
+from .script import ScriptQuery
+
+
+@dataclass
+class Job:
+    query: ScriptQuery
+    query_id: str
+    frame_index: int | None  # None: no frame for its stamp
+    error: str = ""
+
+
+def roi(box: list[float]) -> dict[str, int]:
+    """A box as ``sensor_msgs/RegionOfInterest`` fields, rounded as the node rounds it."""
+    if not box:
+        return {"x_offset": 0, "y_offset": 0, "height": 0, "width": 0, "do_rectify": False}
+    x0, y0, x1, y1 = box
+    return {
+        "x_offset": max(0, int(round(x0))),
+        "y_offset": max(0, int(round(y0))),
+        "height": max(0, int(round(y1 - y0))),
+        "width": max(0, int(round(x1 - x0))),
+        "do_rectify": False,
+    }
+
+
+def result_record(outcome: Outcome, stamp_ns: int, frame_id: str, model: str, weights_random: bool) -> dict[str, Any]:
+    """The fields of the RegionResult the node would publish for this outcome."""
+    res = outcome.result
+    rec: dict[str, Any] = {
+        "header": {
+            "stamp": {"sec": stamp_ns // 1_000_000_000, "nanosec": stamp_ns % 1_000_000_000},
+            "frame_id": frame_id,
+        },
+        "query_id": outcome.query_id,
+        "task": int(outcome.task),
+        "status": int(outcome.status),
+        "status_name": Status(outcome.status).name,
+        "error": outcome.error,
+        "outputs": [],
+        "selected_index": -1,
+        "candidate_scores": [],
+        "candidate_boxes": [],
+        "model": res.model if res else model,
+        "weights_random": bool(res.weights_random) if res else weights_random,
+        "queue_ms": outcome.queue_ms,
+        "inference_ms": outcome.inference_ms,
+        "latency_ms": outcome.latency_ms,
+        "notes": [],
+    }
+    if res is None:
+        return rec
+    for out in res.outputs:
+        mask = out.mask
+        rec["outputs"].append(
+            {
+                "name": out.name,
+                "text": out.text,
+                "label": out.label,
+                "score": float(out.score),
+                "labels": list(out.labels),
+                "label_scores": [float(s) for s in out.label_scores],
+                "bbox": roi(out.box),
+                "mask": {
+                    "width": 0 if mask is None else int(mask.shape[1]),
+                    "height": 0 if mask is None else int(mask.shape[0]),
+                    "area": 0 if mask is None else int(np.count_nonzero(mask)),
+                },
+            }
+        )
+    rec["selected_index"] = int(res.selected_index)
+    rec["candidate_scores"] = [float(s) for s in res.candidate_scores]
+    rec["candidate_boxes"] = [roi(b) for b in res.candidate_boxes]
+    rec["notes"] = [str(n) for n in res.notes]
+    return rec
+
+
+def schedule(queries: list[ScriptQuery], stamps: list[int], tolerance_ns: int) -> list[Job]:
+    """Which frame answers each query (every-N queries become one job per frame)."""
+    jobs: list[Job] = []
+    arr = np.array(stamps, dtype=np.int64)
+    for q in queries:
+        if q.every:
+            jobs += [Job(q, f"{q.query_id}@{i}", i) for i in range(0, len(stamps), q.every)]
+            continue
+        if not stamps:
+            jobs.append(Job(q, q.query_id, None, "the log has no frames on this topic"))
+            continue
+        if q.at_ns == 0:
+            jobs.append(Job(q, q.query_id, len(stamps) - 1))
+            continue
+        i = int(np.argmin(np.abs(arr - q.at_ns)))
+        if abs(int(arr[i]) - q.at_ns) <= tolerance_ns:
+            jobs.append(Job(q, q.query_id, i))
+        else:
+            span = f"{arr.min() / 1e9:.3f}..{arr.max() / 1e9:.3f} s"
+            jobs.append(Job(q, q.query_id, None, f"no frame within {tolerance_ns / 1e9:g} s of stamp "
+                                                 f"{q.at_ns / 1e9:.3f} s (log frames span {span})"))  # fmt: skip
+    return jobs
+
+
+def spec_for(job: Job, stamp_ns: int) -> QuerySpec:
+    q = job.query
+    return QuerySpec(
+        query_id=job.query_id,
+        task=q.task,
+        stamp_ns=stamp_ns,
+        regions=[r.to_core() for r in q.regions],
+        text=q.text,
+        labels=list(q.labels),
+        rank_labels=q.rank,
+        max_new_tokens=q.max_new_tokens,
+        num_beams=q.num_beams,
+        timeout_s=q.timeout_s,
+    )
+
+
+def run_log(
+    reader: LogReader,
+    queries: list[ScriptQuery],
+    processor: QueryProcessor,
+    out: TextIO,
+    *,
+    topic: str | None = None,
+    tolerance_s: float = 0.05,
+    masks_dir: Path | None = None,
+    model_name: str = "",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Answer every scripted query over the log; one JSON line each on ``out``; the summary."""
+    topic = reader.image_topic(topic)
+    stamps = [header_stamp_ns(m.data) for m in reader.messages([topic])]  # pass 1: stamps only
+    jobs = schedule(queries, stamps, int(tolerance_s * 1e9))
+    by_frame: dict[int, list[Job]] = {}
+    statuses: Counter[str] = Counter()
+    latencies: list[float] = []
+    engine = processor.engine
+    weights_random = bool(engine.weights_random) if engine is not None else False
+    started = time.perf_counter()
+    for job in jobs:
+        if job.frame_index is None:
+            outcome = Outcome(job.query_id, job.query.task, Status.FRAME_EXPIRED, job.error)
+            rec = result_record(outcome, job.query.at_ns or 0, "", model_name, weights_random)
+            out.write(json.dumps(rec) + "\n")
+            statuses[rec["status_name"]] += 1
+        else:
+            by_frame.setdefault(job.frame_index, []).append(job)
+    done = 0
+    for index, message in enumerate(reader.messages([topic])):  # pass 2: decode the frames asked about
+        if index not in by_frame:
+            continue
+        decoded = reader.decode(message)
+        kind = message.msgtype
+        frame = Frame(stamps[index], str(decoded.header.frame_id), decoded, lambda m, k=kind: decode_frame(m, k))
+        for job in by_frame[index]:
+            spec = spec_for(job, stamps[index])
+            t0 = time.perf_counter()
+            try:
+                outcome = processor.answer(spec, frame)
+            except Exception as exc:  # as the node's worker: a model fault is this query's error
+                outcome = Outcome(spec.query_id, spec.task, Status.MODEL_ERROR, f"{type(exc).__name__}: {exc}")
+            outcome.inference_ms = outcome.latency_ms = (time.perf_counter() - t0) * 1000.0
+            rec = result_record(outcome, frame.stamp_ns, frame.frame_id, model_name, weights_random)
+            rec["frame_index"] = index
+            if masks_dir is not None and outcome.result is not None:
+                rec["mask_files"] = _write_masks(masks_dir, spec.query_id, outcome)
+            out.write(json.dumps(rec) + "\n")
+            statuses[rec["status_name"]] += 1
+            if outcome.status == Status.OK:
+                latencies.append(outcome.latency_ms)
+            done += 1
+            if progress is not None:
+                progress(done, len(jobs))
+    return {
+        "log": str(reader.path),
+        "topic": topic,
+        "frames": len(stamps),
+        "results": sum(statuses.values()),
+        "statuses": dict(statuses),
+        "latency_ms": {
+            "median": round(statistics.median(latencies), 1) if latencies else None,
+            "max": round(max(latencies), 1) if latencies else None,
+        },
+        "seconds": round(time.perf_counter() - started, 2),
+        "model": model_name,
+        "weights_random": weights_random,
+    }
+
+
+def _write_masks(masks_dir: Path, query_id: str, outcome: Outcome) -> list[str]:
+    import cv2
+
+    masks_dir.mkdir(parents=True, exist_ok=True)
+    safe = "".join(c if c.isalnum() or c in "-_.@" else "_" for c in query_id)
+    files = []
+    for i, out in enumerate(outcome.result.outputs):
+        if out.mask is None:
+            continue
+        path = masks_dir / f"{safe}_{i}.png"
+        if not cv2.imwrite(str(path), out.mask.astype(np.uint8) * 255):
+            raise LogError(f"{path}: could not write the mask PNG")
+        files.append(str(path))
+    return files

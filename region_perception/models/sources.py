@@ -1,0 +1,238 @@
+"""Where a model's files come from, and one error saying why they cannot be had.
+
+A model named by the user that cannot be loaded must be an error, never a silent swap to
+random weights, and the error must tell "no such path" from "no such hub repository" from
+"no network" from "the files are there but broken". The rules:
+
+- a local path (absolute, ``./``/``../``/``~``, more than one separator, or anything that
+  exists) is never looked up on the hub;
+- an ``owner/name`` id is looked for in the huggingface_hub cache first; only when it is not
+  there is the hub asked, and only if it can be reached (``HF_HUB_OFFLINE`` or no
+  connection: ``no_network``); a reachable hub without the repository: ``not_found_hub``;
+- anything else is an unknown name (with the registry's closest names as suggestions).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+REASONS = (
+    "not_found_local",
+    "not_found_hub",
+    "no_network",
+    "unreadable_checkpoint",
+    "unknown_architecture",
+    "unknown_name",
+)
+REASON_TEXT = {
+    "not_found_local": "not found locally",
+    "not_found_hub": "not found on the hub",
+    "no_network": "no network",
+    "unreadable_checkpoint": "unreadable checkpoint",
+    "unknown_architecture": "unknown architecture",
+    "unknown_name": "unknown name",
+}
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
+
+
+class ModelLoadError(Exception):
+    """A model (region model, segmenter or snapping model) that cannot be loaded, and why.
+
+    ``reason`` is one of :data:`REASONS`; ``str()`` is one line: what was asked for, the
+    reason, and what was tried.
+    """
+
+    def __init__(self, reason: str, what: str, name: str, detail: str) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown ModelLoadError reason {reason!r}")
+        self.reason, self.what, self.name, self.detail = reason, what, name, one_line(detail)
+        super().__init__(f"{what} {name!r}: {REASON_TEXT[reason]} ({reason}): {self.detail}")
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """The first non-empty line of an error, shortened: messages here are one line."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    first = lines[0] if lines else type(text).__name__
+    return first if len(first) <= limit else first[: limit - 3] + "..."
+
+
+def looks_local(name: str) -> bool:
+    """A path, not a hub id: such a name is never looked up on the hub."""
+    if Path(name).expanduser().exists():
+        return True
+    if name.startswith(("/", "./", "../", "~", ".")) or os.path.isabs(name):
+        return True
+    if os.sep != "/" and os.sep in name:
+        return True
+    return name.count("/") > 1 or name.endswith("/")
+
+
+def is_hub_id(name: str) -> bool:
+    """``owner/name`` as the hub spells repository ids (no ``--`` or ``..``), and not a path."""
+    return bool(_HUB_ID.match(name)) and "--" not in name and ".." not in name and not looks_local(name)
+
+
+def hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Can files be downloaded now? (transformers itself retries for minutes when not.)"""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def hub_endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT + (" (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else "")
+
+
+def hub_repo_exists(repo_id: str) -> bool:
+    """Does the hub have this model repository? (Asked only when the hub is reachable.)"""
+    from huggingface_hub import repo_exists
+
+    return bool(repo_exists(repo_id))
+
+
+def hub_cached(repo_id: str, filename: str = "config.json") -> str | None:
+    """The cached copy of a hub file, or None: no network is needed to answer."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, filename)
+    except Exception:  # an id the cache cannot even hold is not cached
+        return None
+    return found if isinstance(found, str) else None
+
+
+@dataclass(frozen=True)
+class Source:
+    """A resolved model: a local directory or a hub id (cached or downloadable now)."""
+
+    what: str  # "model", "segmenter", "snap model": for messages
+    name: str  # as the user wrote it
+    ref: str  # the directory or the hub id handed to from_pretrained
+    on_hub: bool
+
+    def error(self, reason: str, detail: str) -> ModelLoadError:
+        return ModelLoadError(reason, self.what, self.name, detail)
+
+
+def unknown_name(what: str, name: str, known: list[str], hint: str = "") -> ModelLoadError:
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    close += [k for k in known if k.split("/")[-1].lower() == name.lower() and k not in close]
+    suggestion = f"; did you mean {', '.join(close)}?" if close else ""
+    return ModelLoadError(
+        "unknown_name",
+        what,
+        name,
+        f"not a registry name, not an existing path and not a hub id (owner/name){hint}{suggestion}",
+    )
+
+
+def locate(what: str, name: str, known: list[str], *, hint: str = "", need: str = "config.json") -> Source:
+    """Resolve ``name`` to a local directory or an available hub id, or ModelLoadError.
+
+    ``need`` is the file a model directory must have; the hub is asked only for an
+    ``owner/name`` id that is not cached, and only when it can be reached.
+    """
+    if not name:
+        raise ModelLoadError("unknown_name", what, name, "no model named (empty string)")
+    if looks_local(name):
+        path = Path(name).expanduser()
+        if not path.exists():
+            raise ModelLoadError(
+                "not_found_local",
+                what,
+                name,
+                f"no such file or directory {path.absolute()} (a local path is never looked up on the hub)",
+            )
+        if not path.is_dir():
+            raise ModelLoadError(
+                "unreadable_checkpoint", what, name, f"{path} is a file; expected a model directory with {need}"
+            )
+        if need and not (path / need).is_file():
+            raise ModelLoadError("unreadable_checkpoint", what, name, f"directory {path} has no {need}")
+        return Source(what, name, str(path), on_hub=False)
+    if not is_hub_id(name):
+        raise unknown_name(what, name, known, hint)
+    if hub_cached(name, need or "config.json"):
+        return Source(what, name, name, on_hub=True)
+    if not hub_reachable():
+        raise ModelLoadError(
+            "no_network",
+            what,
+            name,
+            f"not in the local cache and the hub {hub_endpoint()} cannot be reached; "
+            f"tried: no local directory {name}, the huggingface_hub cache, the hub",
+        )
+    try:
+        exists = hub_repo_exists(name)
+    except Exception as exc:
+        detail = f"asking the hub {hub_endpoint()} failed: {one_line(exc)}"
+        raise ModelLoadError("no_network", what, name, detail) from exc
+    if not exists:
+        raise ModelLoadError(
+            "not_found_hub",
+            what,
+            name,
+            f"the hub {hub_endpoint()} has no model repository {name} (or it is private; and it is not a local path)",
+        )
+    return Source(what, name, name, on_hub=True)
+
+
+def read_config(source: Source) -> dict[str, Any]:
+    """The model's config.json (cached or downloaded for a hub id)."""
+    try:
+        if source.on_hub:
+            from huggingface_hub import hf_hub_download
+
+            path = hub_cached(source.ref) or hf_hub_download(source.ref, "config.json")
+        else:
+            path = str(Path(source.ref) / "config.json")
+        config = json.loads(Path(path).read_text())
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        raise source.error("unreadable_checkpoint", f"config.json of {source.ref}: {one_line(exc)}") from exc
+    if not isinstance(config, dict):
+        raise source.error("unreadable_checkpoint", f"config.json of {source.ref} is not a JSON object")
+    return config
+
+
+def from_pretrained(cls, source: Source, **kwargs):
+    """``cls.from_pretrained`` with every failure as a ModelLoadError.
+
+    A hub id is loaded from the cache first; the network is used only when files are
+    missing there and the hub can be reached.
+    """
+    try:
+        if not source.on_hub:
+            return cls.from_pretrained(source.ref, **kwargs)
+        try:
+            return cls.from_pretrained(source.ref, local_files_only=True, **kwargs)
+        except OSError as exc:
+            if not hub_reachable():
+                raise source.error(
+                    "no_network", f"only partly cached ({one_line(exc)}) and the hub {hub_endpoint()} cannot be reached"
+                ) from exc
+        return cls.from_pretrained(source.ref, **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as exc:
+        where = f"the hub repository {source.ref}" if source.on_hub else source.ref
+        raise source.error("unreadable_checkpoint", f"{cls.__name__} from {where}: {one_line(exc)}") from exc

@@ -1,0 +1,102 @@
+"""A camera whose every frame has a known answer: the synthetic shapes world as a stream.
+
+Why: a demo or test of a trained toy model must print each answer beside the truth. Frame
+``index`` of stream ``seed`` is the scene ``render_scene(default_rng([seed, index]), size)``,
+the same scene ``datasets.synthetic.generate(seed=seed)`` writes as image ``index``, so the
+ground truth can be recomputed by anyone from (seed, index, size) and is also published
+beside each frame as JSON (see :func:`ground_truth`). Plain Python: the ROS camera only
+publishes what this module returns.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from .datasets.synthetic import SHAPES, SceneObject, caption, expressions, render_scene
+from .datasets.types import mask_to_rle
+
+DEFAULT_SEED = 1  # held-out scenes by default: `make train-toy` draws its training scenes from seed 0
+DEFAULT_SIZE = 128  # the toy models' input size
+SHAPE_LABELS: tuple[str, ...] = SHAPES  # the CLASSIFY vocabulary of the synthetic world
+
+
+def synthetic_frame(seed: int, index: int, size: int = DEFAULT_SIZE) -> tuple[np.ndarray, list[SceneObject]]:
+    """Frame ``index`` of the stream ``seed``: an RGB uint8 image and its objects (deterministic)."""
+    if index < 0:
+        raise ValueError(f"frame index must be >= 0, got {index}")
+    if size < 32:
+        raise ValueError(f"size must be at least 32 pixels, got {size}")
+    return render_scene(np.random.default_rng([seed, index]), size)
+
+
+def inside_point(mask: np.ndarray) -> tuple[int, int]:
+    """The visible pixel farthest from the mask's edge (x, y): a click surely on the object,
+    even on a partly covered one or a star, whose centre may lie outside what is seen."""
+    import cv2
+
+    dist = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
+    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return int(x), int(y)
+
+
+def object_truth(k: int, objects: list[SceneObject], size: int) -> dict[str, Any]:
+    """What a client needs to ask about object ``k`` and to judge the answer (JSON-ready).
+
+    ``box`` is x_min, y_min, x_max, y_max in pixels (as RegionQuery boxes are); ``point`` a
+    pixel inside the visible object; ``expressions`` sentences that denote exactly it.
+    """
+    obj = objects[k]
+    x, y, w, h = obj.bbox
+    return {
+        "color": obj.color,
+        "shape": obj.shape,
+        "size": obj.size,
+        "caption": caption(obj),
+        "box": [x, y, x + w, y + h],
+        "point": list(inside_point(obj.mask)),
+        "center": list(obj.center),
+        "radius": obj.radius,
+        "area": int(obj.mask.sum()),
+        "mask": mask_to_rle(obj.mask),
+        "expressions": expressions(k, objects, size),
+    }
+
+
+def ground_truth(seed: int, index: int, size: int = DEFAULT_SIZE, objects: list[SceneObject] | None = None) -> dict:
+    """The ground truth of one frame: its stream position and each object (see object_truth)."""
+    if objects is None:
+        _, objects = synthetic_frame(seed, index, size)
+    return {
+        "seed": seed,
+        "index": index,
+        "size": size,
+        "objects": [object_truth(k, objects, size) for k in range(len(objects))],
+    }
+
+
+def ground_truth_json(truth: dict, stamp_ns: int, frame_id: str) -> str:
+    """The side-channel message: the truth plus the stamp and frame id of the image it belongs to."""
+    return json.dumps({**truth, "stamp_ns": int(stamp_ns), "frame_id": frame_id})
+
+
+def mask_from_truth(obj: dict) -> np.ndarray:
+    """An object's visible mask (bool HxW) from its published RLE."""
+    from pycocotools import mask as mask_utils
+
+    rle = dict(obj["mask"])
+    rle["counts"] = rle["counts"].encode("ascii")
+    return mask_utils.decode(rle).astype(bool)
+
+
+def names_object(text: str, color: str, shape: str) -> bool:
+    """Whether a caption names this colour and this shape (as whole words)."""
+    words = set(text.lower().replace(".", " ").replace(",", " ").split())
+    return color in words and shape in words
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    union = np.logical_or(a, b).sum()
+    return float(np.logical_and(a, b).sum() / union) if union else 0.0

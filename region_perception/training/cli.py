@@ -1,0 +1,80 @@
+"""``region-perception train``: fine-tune a backend's region pathway on COCO-format data (docs/training.md).
+
+The same command runs on one process or under ``accelerate launch`` / ``torchrun``; bad input (an
+unknown task, a dataset without annotations or with missing images, an OUT that exists) is one line on
+stderr and exit status 2, before anything is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+
+def add_parser(sub) -> None:
+    """Register ``train`` on the main parser's subcommands."""
+    p = sub.add_parser("train", help="fine-tune a model's region pathway on COCO-format data (docs/training.md)")
+    p.add_argument("--model", required=True,
+                   help="base: a directory, Hugging Face id, registry name, or toy-regionvlm / toy-florence2 / "
+                        "toy-regiongpt (the toy architecture, from scratch)")
+    p.add_argument("--data", required=True, help="dataset directory (synthetic, COCO, RefCOCO or Visual Genome)")
+    p.add_argument("--tasks", default="caption,classify,refer", help="comma list of caption, classify, refer")
+    p.add_argument("--out", required=True, help="directory to write the trained model into")
+    p.add_argument("--train", help="parameter groups to train, comma list (default: the backend's recipe; "
+                                   "every group for a random base)")
+    n = p.add_mutually_exclusive_group()
+    n.add_argument("--steps", type=int, help="optimizer steps")
+    n.add_argument("--epochs", type=float, help="passes over the training rows (instead of --steps)")
+    p.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="rows per process per micro-batch")
+    p.add_argument("--grad-accum", dest="grad_accum", type=int, default=1, help="micro-batches per optimizer step")
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=0.0)
+    p.add_argument("--warmup-ratio", dest="warmup_ratio", type=float, default=0.03)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="train", help="training split (default train)")
+    p.add_argument("--val-split", dest="val_split", default="val", help="evaluation split (default val)")
+    p.add_argument("--eval-limit", dest="eval_limit", type=int, help="evaluate the first N items per task (0: skip)")
+    p.add_argument("--save-every", dest="save_every", type=int, default=0,
+                   help="optimizer steps between checkpoints (default: about five per run)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT's latest checkpoint")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present) or cpu")
+    p.add_argument("--sizes", help='toy bases: size overrides as JSON, e.g. \'{"lm_layers": 3}\'')
+    p.add_argument("--no-progress", dest="progress", action="store_false")
+    p.add_argument("--json", action="store_true", help="the summary as one JSON object on stdout")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import CliError
+    from .trainer import TrainConfig, TrainError, train
+
+    try:
+        sizes = json.loads(args.sizes) if args.sizes else {}
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--sizes: not JSON ({exc})") from None
+    if args.eval_limit is not None and args.eval_limit < 0:
+        raise CliError("--eval-limit must be 0 or more")
+    cfg = TrainConfig(
+        model=args.model, data=args.data, tasks=args.tasks.split(","), out=Path(args.out),
+        train=[g.strip() for g in args.train.split(",") if g.strip()] if args.train else None,
+        steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed, resume=args.resume,
+        overwrite=args.overwrite, split=args.split, val_split=args.val_split, eval_limit=args.eval_limit,
+        save_every=args.save_every, device=args.device, sizes=sizes, progress=args.progress,
+    )
+    try:
+        summary = train(cfg)
+    except TrainError as exc:
+        raise CliError(str(exc)) from None
+    from ..evaluation import rank_world
+
+    if rank_world()[0] != 0:
+        return 0
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    return 0

@@ -1,0 +1,128 @@
+"""Per-backend training recipes: what the trainer asks of a backend (no rclpy).
+
+Why an interface: the trainer (AdamW, schedule, accumulation, Accelerate, checkpoints, eval) is the
+same for every backend; only how a batch is built from regions, how the loss is computed and which
+parameters exist differ. A recipe is registered by backend name in :data:`RECIPES`; adding a backend
+is one module under this package plus one line in :func:`_load_builtin`.
+
+Contract (see :class:`TrainRecipe`):
+
+- ``load(name_or_path, device)`` -> ``(model, processor)``: the transformers model in train mode
+  and its processor, from any directory ``from_pretrained`` reads (or a registry name).
+- ``parameter_groups(model)`` -> ``{group: [parameter names]}``: named groups for ``--train``
+  (e.g. ``vision``, ``qformer``, ``projection``, ``lm``); every trainable parameter in exactly one.
+- ``default_train``: the groups the paper's recipe trains (the rest are frozen).
+- ``build_batch(model, processor, examples)`` -> dict of tensors (on CPU; the trainer moves them).
+- ``loss(model, batch)`` -> scalar tensor (mean token cross-entropy of the targets). The trainer calls it
+  inside the forward of a wrapper module, so under DDP/FSDP any submodule calls here are synchronised.
+- ``save(model, processor, out)``: ``save_pretrained`` (safetensors) of both.
+
+An example (:class:`TrainExample`) is one (image, region, task, target) row that the trainer draws
+from a :class:`~region_perception.datasets.RegionDataset`; the region is given the way a user gives it
+(points, scribble, box or mask, drawn by the trainer), already turned into the engine's
+:class:`~region_perception.models.backend.RegionCue` so that training sees what inference sees.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from ...models.backend import RegionCue
+
+TASKS = ("caption", "classify", "refer")
+
+
+@dataclass
+class TrainExample:
+    """One training row: the target text the model should give for this region and task."""
+
+    image: np.ndarray = field(repr=False)  # RGB uint8 HxWx3
+    cue: RegionCue  # the region as the engine would give it to the backend
+    task: str  # "caption" | "classify" | "refer"
+    target: str  # caption, category name, or referring sentence
+    labels: tuple[str, ...] = ()  # classify: the candidate names (the prompt's hint)
+    image_id: int = -1
+
+
+class TrainRecipe(Protocol):
+    backend: str
+    default_train: tuple[str, ...]
+
+    def load(self, name_or_path: str, device: torch.device) -> tuple[Any, Any]: ...
+
+    def parameter_groups(self, model: torch.nn.Module) -> dict[str, list[str]]: ...
+
+    def build_batch(self, model: torch.nn.Module, processor: Any, examples: Sequence[TrainExample]) -> dict: ...
+
+    def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor: ...
+
+    def save(self, model: torch.nn.Module, processor: Any, out) -> None: ...
+
+
+def unique_images(examples: Sequence[TrainExample]) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """Rows that share an image (same ``image_id``) share one encoding: (row -> image index, the images)."""
+    index: dict[int, int] = {}
+    images: list[np.ndarray] = []
+    rows = []
+    for k, e in enumerate(examples):
+        key = e.image_id if e.image_id >= 0 else -1 - k
+        if key not in index:
+            index[key] = len(images)
+            images.append(e.image)
+        rows.append(index[key])
+    return torch.tensor(rows, dtype=torch.long), images
+
+
+RECIPES: dict[str, Callable[[], TrainRecipe]] = {}
+
+
+def register(backend: str, factory: Callable[[], TrainRecipe]) -> None:
+    """Make ``factory`` the recipe of ``backend`` (a later registration replaces an earlier one)."""
+    RECIPES[backend] = factory
+
+
+def _load_builtin() -> None:
+    """Import the built-in recipes (each registers itself); a missing optional one is skipped."""
+    import importlib
+
+    for module in ("regionvlm", "florence2", "regiongpt"):
+        try:
+            importlib.import_module(f"{__name__}.{module}")
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__name__}.{module}":
+                raise
+
+
+def get_recipe(backend: str) -> TrainRecipe:
+    """The recipe for a backend name; a clear error naming the known ones otherwise."""
+    if backend not in RECIPES:
+        _load_builtin()
+    if backend not in RECIPES:
+        raise ValueError(f"no training recipe for backend {backend!r}; known: {', '.join(sorted(RECIPES))}")
+    return RECIPES[backend]()
+
+
+def select_trainable(model: torch.nn.Module, groups: dict[str, list[str]], train: Sequence[str]) -> list[str]:
+    """Freeze every parameter, then unfreeze the named groups; returns the trained parameter names."""
+    unknown = [g for g in train if g not in groups]
+    if unknown:
+        raise ValueError(f"unknown --train group(s) {', '.join(unknown)}; this backend has {', '.join(groups)}")
+    names = {n for g in train for n in groups[g]}
+    for name, param in model.named_parameters():
+        param.requires_grad_(name in names)
+    return sorted(names)
+
+
+def groups_by_prefix(model: torch.nn.Module, prefixes: dict[str, tuple[str, ...]]) -> dict[str, list[str]]:
+    """Parameter groups from name prefixes; a parameter matching none goes to the last group."""
+    out: dict[str, list[str]] = {g: [] for g in prefixes}
+    last = list(prefixes)[-1]
+    for name, _ in model.named_parameters():
+        group = next((g for g, ps in prefixes.items() if name.startswith(ps)), last)
+        out[group].append(name)
+    return out

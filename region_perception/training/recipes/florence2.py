@@ -1,0 +1,81 @@
+"""Florence-2's recipe: ``<REGION_TO_DESCRIPTION>`` / ``<REGION_TO_CATEGORY>`` with the box as location tokens.
+
+The processor builds the prompts exactly as at inference (the task token becomes its sentence, the box
+Florence-2's own quantized ``<loc_*>`` tokens); the target is the caption, the category name, or a
+referring sentence scored as the region's description (how REFER's proposal route ranks regions).
+By default the vision tower stays frozen; the projector and the language model learn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from ...models.florence2 import box_to_location_tokens
+from . import TrainExample, groups_by_prefix, register, unique_images
+
+
+def task_prompt(processor, example: TrainExample) -> str:
+    """The engine's task prompt for this row: the task token and the region's box."""
+    h, w = example.image.shape[:2]
+    x0, y0, x1, y1 = example.cue.box_norm
+    box = box_to_location_tokens(processor, (x0 * w, y0 * h, x1 * w, y1 * h), (h, w))
+    task = "<REGION_TO_CATEGORY>" if example.task == "classify" else "<REGION_TO_DESCRIPTION>"
+    return task + box
+
+
+class Florence2Recipe:
+    backend = "florence2"
+    default_train = ("projector", "lm")
+
+    def load(self, name_or_path: str, device: torch.device):
+        from transformers import AutoProcessor, Florence2ForConditionalGeneration
+
+        model = Florence2ForConditionalGeneration.from_pretrained(name_or_path, dtype=torch.float32)
+        return model.to(device).train(), AutoProcessor.from_pretrained(name_or_path)
+
+    def parameter_groups(self, model: torch.nn.Module) -> dict[str, list[str]]:
+        return groups_by_prefix(
+            model,
+            {
+                "vision": ("model.vision_tower.",),
+                "projector": ("model.multi_modal_projector.",),
+                "lm": ("model.language_model.", "lm_head."),
+            },
+        )
+
+    def build_batch(self, model, processor, examples: Sequence[TrainExample]) -> dict:
+        """Each distinct image once (``image_index`` maps rows to them); prompts as the engine writes them."""
+        image_index, images = unique_images(examples)
+        pixels = processor.image_processor(images=images, return_tensors="pt").pixel_values
+        tok = processor.tokenizer
+        words = processor._construct_prompts([task_prompt(processor, e) for e in examples])
+        texts = [tok.image_token * processor.num_image_tokens + tok.bos_token + w + tok.eos_token for w in words]
+        enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
+        target = tok([e.target for e in examples], padding=True, return_tensors="pt")
+        return {
+            "input_ids": enc.input_ids,
+            "attention_mask": enc.attention_mask,
+            "pixel_values": pixels,
+            "image_index": image_index,
+            "labels": target.input_ids.masked_fill(target.attention_mask == 0, -100),
+        }
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        """Vision tower once per distinct image, then the usual encoder-decoder loss."""
+        embeds = model.get_input_embeddings()(batch["input_ids"])
+        feats = model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output[batch["image_index"]]
+        slots = (batch["input_ids"] == model.config.image_token_id).unsqueeze(-1).expand_as(embeds)
+        embeds = embeds.masked_scatter(slots, feats.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
+        out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"],
+                    return_dict=True)
+        return out.loss
+
+    def save(self, model, processor, out: Path) -> None:
+        model.save_pretrained(out, safe_serialization=True)
+        processor.save_pretrained(out)
+
+
+register("florence2", Florence2Recipe)

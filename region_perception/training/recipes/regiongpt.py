@@ -1,0 +1,118 @@
+"""RegionGPT's recipe: the engine's task-guided prompts, the region as a mask pooled into ``<region>``.
+
+The paper trains in two stages: stage 1 the refinement and the projector (vision tower and LLM
+frozen, lr 1e-3, cosine, 3 % warm-up), stage 2 also the LLM (lr 2e-5). ``default_train`` is
+stage 1; :data:`STAGES` has both for the trainer's ``--train``/``--lr``. Each row's prompt is the
+one the engine sends (caption, the classification prompt with its labels hint; a referring
+sentence is trained as the region's caption, which is how REFER's proposal route scores it).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from ...models.backend import labels_hint
+from ...models.regiongpt import processing_regiongpt as prompts
+from ...models.regiongpt.backend import cue_mask
+from . import TrainExample, groups_by_prefix, register
+
+# stage: (groups trained, learning rate); both with a cosine schedule and 3 % warm-up
+STAGES: dict[str, tuple[tuple[str, ...], float]] = {
+    "1": (("refiner", "projector"), 1e-3),
+    "2": (("refiner", "projector", "lm"), 2e-5),
+}
+
+
+def task_prompt(example: TrainExample, image_tokens: int) -> str:
+    """The engine's prompt for this row's task (one region)."""
+    if example.task == "classify":
+        return prompts.classify_prompt(image_tokens, labels_hint(list(example.labels)))
+    return prompts.caption_prompt(image_tokens)
+
+
+def image_token_count(config) -> int:
+    vision = config.vision_config
+    grid = vision.image_size // vision.patch_size
+    return grid * grid + (1 if config.vision_feature_select_strategy == "full" else 0)
+
+
+class RegionGPTRecipe:
+    backend = "regiongpt"
+    default_train = STAGES["1"][0]
+    stages = STAGES
+
+    def load(self, name_or_path: str, device: torch.device):
+        from transformers import AutoProcessor
+
+        from ...models.loading import tiny_path
+        from ...models.regiongpt import RegionGPTForConditionalGeneration
+        from ...models.registry import TINY_MODELS
+
+        source = str(tiny_path(name_or_path)) if name_or_path in TINY_MODELS else name_or_path
+        model = RegionGPTForConditionalGeneration.from_pretrained(source, dtype=torch.float32)
+        processor = AutoProcessor.from_pretrained(source)
+        if model.config.region_token_index < 0 or prompts.REGION not in processor.tokenizer.get_vocab():
+            processor.tokenizer.add_special_tokens({"additional_special_tokens": [prompts.REGION]})
+            model.config.region_token_index = processor.tokenizer.convert_tokens_to_ids(prompts.REGION)
+        return model.to(device).train(), processor
+
+    def parameter_groups(self, model: torch.nn.Module) -> dict[str, list[str]]:
+        return groups_by_prefix(
+            model,
+            {
+                "vision": ("model.vision_tower.",),
+                "refiner": ("refiner.",),
+                "projector": ("model.multi_modal_projector.",),
+                "lm": ("model.language_model.", "lm_head."),
+            },
+        )
+
+    def build_batch(self, model, processor, examples: Sequence[TrainExample]) -> dict:
+        """Padded-square images, their region masks at the processor's size, prompt + target + </s>."""
+        ip, tok = processor.image_processor, processor.tokenizer
+        fill = [int(round(255 * v)) for v in (getattr(ip, "image_mean", None) or [0.5, 0.5, 0.5])]
+        squares = [prompts.pad_image(e.image, fill) for e in examples]
+        pixels = ip(images=squares, return_tensors="pt").pixel_values
+        side = pixels.shape[-1]
+        masks = [torch.from_numpy(prompts.pad_mask(cue_mask(e.cue, e.image.shape[:2])))[None, None] for e in examples]
+        region_masks = torch.cat([F.interpolate(m, size=(side, side), mode="area") for m in masks])  # (B, 1, S, S)
+        n_image = image_token_count(model.config)
+        rows, labels = [], []
+        for e in examples:
+            prompt = tok(task_prompt(e, n_image)).input_ids
+            answer = [*tok(" " + e.target.strip(), add_special_tokens=False).input_ids, tok.eos_token_id]
+            rows.append(prompt + answer)
+            labels.append([-100] * len(prompt) + answer)
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), tok.pad_token_id, dtype=torch.long)
+        attention = torch.zeros((len(rows), width), dtype=torch.long)
+        label_ids = torch.full((len(rows), width), -100, dtype=torch.long)
+        for i, (r, lab) in enumerate(zip(rows, labels, strict=True)):
+            input_ids[i, : len(r)] = torch.tensor(r)
+            attention[i, : len(r)] = 1
+            label_ids[i, : len(r)] = torch.tensor(lab)
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention,
+            "pixel_values": pixels,
+            "region_masks": region_masks,
+            "labels": label_ids,
+        }
+
+    def loss(self, model, batch: dict) -> torch.Tensor:
+        return model(**batch).loss
+
+    def save(self, model, processor, out: Path) -> None:
+        out = Path(out)
+        model.save_pretrained(out, safe_serialization=True)
+        processor.save_pretrained(out)
+        meta = {"backend": "regiongpt", "refinement_trained": True}
+        (out / "region_perception.json").write_text(json.dumps(meta))
+
+
+register("regiongpt", RegionGPTRecipe)

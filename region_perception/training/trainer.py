@@ -1,0 +1,418 @@
+"""The trainer: one loop for every backend, driven by the backend's :class:`TrainRecipe` (no rclpy).
+
+Why Accelerate: the same ``region-perception train`` runs on one CPU, one GPU, or many processes under
+``accelerate launch`` / ``torchrun`` (DDP, FSDP) without a launcher of our own. Each rank draws its own
+rows (seeded by seed, rank and step, so a resumed run draws what the interrupted one would have), the
+gradients are averaged by the engine, and the final evaluation shards the val split over the same ranks
+through the harness (``region_perception.evaluation``), whose merged metrics equal a one-process run.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .examples import ExampleSampler, check_tasks
+from .recipes import get_recipe, select_trainable
+
+CHECKPOINTS = "checkpoints"
+# what each training task is measured by at the end (harness task, options)
+EVAL_OF_TASK: dict[str, list[tuple[str, dict]]] = {
+    "caption": [("caption", {"region": "box", "meteor": False})],
+    "classify": [("classify", {"region": "box"}), ("classify", {"region": "mask"})],
+    "refer": [("comprehension", {"candidates": "gt"}), ("refer", {"route": "proposals"})],
+}
+
+
+class TrainError(ValueError):
+    """Bad training input (dataset, task, output directory): one line, exit status 2."""
+
+
+@dataclass
+class TrainConfig:
+    model: str
+    data: str
+    tasks: list[str]
+    out: Path
+    train: list[str] | None = None  # parameter groups; None = the recipe's (all of them for a random base)
+    steps: int | None = None  # optimizer steps; None = from epochs
+    epochs: float | None = None
+    batch_size: int = 16  # rows per process per micro-batch
+    grad_accum: int = 1
+    lr: float = 1e-4
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.03
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    resume: bool = False
+    overwrite: bool = False
+    split: str = "train"
+    val_split: str = "val"
+    eval_limit: int | None = None  # per evaluation task; 0 = no evaluation
+    save_every: int = 0  # optimizer steps between checkpoints; 0 = about five per run
+    device: str = "auto"
+    sizes: dict = field(default_factory=dict)  # toy bases: size overrides for the builder
+    progress: bool = True
+
+
+# ---------------------------------------------------------------- checks before anything is written
+
+
+def check_inputs(cfg: TrainConfig):
+    """Validate everything cheap to validate; returns (train dataset, sampler). Nothing is written."""
+    from ..datasets import load_dataset
+
+    tasks = check_tasks(cfg.tasks)
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise TrainError(f"--out {out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not (cfg.overwrite or cfg.resume):
+        raise TrainError(f"--out {out} exists and is not empty: pass --overwrite to replace it or --resume")
+    if cfg.resume and cfg.overwrite:
+        raise TrainError("--resume and --overwrite contradict each other: choose one")
+    if cfg.steps is None and cfg.epochs is None:
+        raise TrainError("give --steps N or --epochs E")
+    if (cfg.steps is not None and cfg.steps < 1) or (cfg.epochs is not None and cfg.epochs <= 0):
+        raise TrainError("--steps / --epochs must be positive")
+    if cfg.batch_size < 1 or cfg.grad_accum < 1:
+        raise TrainError("--batch-size and --grad-accum must be at least 1")
+    if not 0 <= cfg.warmup_ratio < 1:
+        raise TrainError("--warmup-ratio must be in [0, 1)")
+    try:
+        dataset = load_dataset(cfg.data, cfg.split)
+    except (OSError, ValueError) as exc:
+        raise TrainError(f"--data {cfg.data}: {exc}") from None
+    if not dataset.samples:
+        raise TrainError(f"--data {cfg.data} ({cfg.split}): the dataset has no annotations")
+    missing = [i.path for i in dataset.images.values() if not i.path.is_file()]
+    if missing:
+        raise TrainError(f"--data {cfg.data} ({cfg.split}): {len(missing)} image(s) missing, e.g. {missing[0]}")
+    try:
+        sampler = ExampleSampler(dataset, tasks)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    return dataset, sampler
+
+
+# ---------------------------------------------------------------- the base model
+
+
+def resolve_base(name: str, work: Path, seed: int, sizes: dict) -> tuple[str, str, bool]:
+    """(backend, directory or id to load, weights random). Toy names build the untrained toy architecture."""
+    from ..models.registry import backend_of
+    from ..models.tiny import RANDOM_WEIGHTS_MARKER
+
+    toy = _toy_builders()
+    if name in toy:
+        backend, build = toy[name]
+        path = work / "base"
+        build(path, seed=seed, sizes=sizes or None)
+        return backend, str(path), True
+    from ..models.registry import TINY_MODELS
+
+    if name in TINY_MODELS:
+        from ..models.loading import tiny_path
+
+        path = tiny_path(name)
+        return backend_of(str(path)), str(path), True
+    local = Path(name)
+    if local.is_dir() and not (local / "config.json").is_file():
+        raise TrainError(f"--model {name}: a directory without config.json")
+    return backend_of(name), name, local.is_dir() and (local / RANDOM_WEIGHTS_MARKER).exists()
+
+
+def _toy_builders() -> dict:
+    from ..models import toy
+    from ..models.regiongpt.tiny import build_toy_regiongpt
+
+    out = {f"toy-{b}": (b, f) for b, f in toy.BUILDERS.items()}
+    out.setdefault("toy-regiongpt", ("regiongpt", build_toy_regiongpt))
+    return out
+
+
+# ---------------------------------------------------------------- the loop
+
+
+class _LossModule(torch.nn.Module):
+    """The model plus its recipe's loss, so DDP/FSDP wrap one forward that computes the loss."""
+
+    def __init__(self, model: torch.nn.Module, recipe) -> None:
+        super().__init__()
+        self.model = model
+        self.recipe = recipe
+
+    def forward(self, batch: dict) -> torch.Tensor:
+        return self.recipe.loss(self.model, batch)
+
+
+def _to(batch: dict, device: torch.device) -> dict:
+    return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def total_steps(cfg: TrainConfig, rows: int, world: int) -> int:
+    """Optimizer steps: --steps, or --epochs over the dataset's rows at the global batch size."""
+    if cfg.steps is not None:
+        return int(cfg.steps)
+    return max(1, math.ceil(float(cfg.epochs) * rows / (cfg.batch_size * cfg.grad_accum * world)))
+
+
+def _latest_checkpoint(out: Path) -> Path | None:
+    found = [p for p in (out / CHECKPOINTS).glob("step-*") if (p / "trainer_state.json").is_file()]
+    return max(found, key=lambda p: int(p.name.split("-")[1])) if found else None
+
+
+def _progress(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="train", unit="step", file=sys.stderr, dynamic_ncols=True,
+                disable=not enabled)
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train ``cfg.model`` on ``cfg.data``; writes OUT (weights, processor, model card); returns the summary."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_cosine_schedule_with_warmup
+
+    _, sampler = check_inputs(cfg)
+    out = Path(cfg.out)
+    with tempfile.TemporaryDirectory(prefix="rp-train-") as tmp:
+        # every rank builds the same toy base from the same seed (no shared file system needed); before
+        # the process group exists, since save_pretrained writes nothing on a rank other than 0 after
+        backend, base_path, base_random = resolve_base(cfg.model, Path(tmp), cfg.seed, cfg.sizes)
+        recipe = get_recipe(backend)
+        model, processor = recipe.load(base_path, torch.device("cpu"))
+        base_meta = Path(base_path) / "region_perception.json"
+        meta = json.loads(base_meta.read_text()) if base_meta.is_file() else {}
+    cpu = cfg.device == "cpu" or not torch.cuda.is_available()
+    mixed = "no" if cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed, cpu=cpu)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    set_seed(cfg.seed)
+    if accelerator.is_main_process:
+        if out.is_dir() and cfg.overwrite:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    accelerator.wait_for_everyone()
+    groups = recipe.parameter_groups(model)
+    train_groups = list(cfg.train) if cfg.train else (list(groups) if base_random else list(recipe.default_train))
+    try:
+        trained = select_trainable(model, groups, train_groups)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    if not trained:
+        raise TrainError(f"--train {','.join(train_groups)}: no parameters to train")
+    steps = total_steps(cfg, len(sampler.rows), world)
+    warmup = math.ceil(cfg.warmup_ratio * steps)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # stepped by hand once per optimizer step (Accelerate's wrapper would step it once per process)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, steps)
+    wrapper, optimizer = accelerator.prepare(_LossModule(model, recipe), optimizer)
+    accelerator.register_for_checkpointing(scheduler)
+
+    start = 0
+    if cfg.resume:
+        ckpt = _latest_checkpoint(out)
+        if ckpt is not None:
+            accelerator.load_state(str(ckpt))
+            start = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
+    save_every = cfg.save_every or max(1, steps // 5)
+    n_trainable = sum(p.numel() for p in params)
+    if accelerator.is_main_process:
+        print(f"train: {cfg.model} ({backend}) on {cfg.data} [{','.join(sampler.tasks)}]: {steps} steps x "
+              f"{cfg.batch_size} rows x {cfg.grad_accum} accum x {world} process(es); training "
+              f"{','.join(train_groups)} ({n_trainable / 1e6:.2f}M parameters); device {accelerator.device}"
+              + (f"; resumed at step {start}" if start else ""), file=sys.stderr)
+    losses: list[float] = []
+    first_loss: float | None = None
+    bar = _progress(steps, start, cfg.progress and accelerator.is_main_process)
+    t0 = time.perf_counter()
+    rows_done = 0
+    wrapper.train()
+    for step in range(start, steps):
+        step_loss = 0.0
+        for micro in range(cfg.grad_accum):
+            rng = np.random.default_rng([cfg.seed, rank, step, micro])
+            batch = _to(recipe.build_batch(accelerator.unwrap_model(wrapper).model, processor,
+                                           sampler.draw(cfg.batch_size, rng)), accelerator.device)
+            with accelerator.accumulate(wrapper):
+                with accelerator.autocast():
+                    loss = wrapper(batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(params, cfg.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad()
+            step_loss += float(loss.detach()) / cfg.grad_accum
+            rows_done += cfg.batch_size * world
+        scheduler.step()
+        step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean"))
+        if first_loss is None:
+            first_loss = step_loss
+        losses.append(step_loss)
+        rate = rows_done / max(time.perf_counter() - t0, 1e-9)
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
+                        rows_s=f"{rate:.1f}")
+        bar.update(1)
+        done = step + 1
+        if done % save_every == 0 and done < steps:
+            _checkpoint(accelerator, out, done)
+    bar.close()
+    train_s = time.perf_counter() - t0
+    accelerator.wait_for_everyone()
+
+    base_model = accelerator.unwrap_model(wrapper).model
+    summary: dict[str, Any] = {
+        "model": cfg.model, "backend": backend, "data": str(cfg.data), "tasks": sampler.tasks,
+        "train_groups": train_groups, "trainable_parameters": n_trainable, "steps": steps, "resumed_at": start,
+        "world_size": world, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "lr": cfg.lr,
+        "warmup_steps": warmup, "seed": cfg.seed, "first_loss": first_loss,
+        "final_loss": float(np.mean(losses[-20:])) if losses else None, "train_seconds": round(train_s, 1),
+        "device": str(accelerator.device), "mixed_precision": mixed,
+    }
+    if accelerator.is_main_process:
+        base_model.eval()
+        recipe.save(base_model, processor, out)
+        saved = out / "region_perception.json"  # what the recipe wrote (e.g. refinement_trained) wins
+        meta.update(json.loads(saved.read_text()) if saved.is_file() else {})
+        meta.pop("weights_random", None)
+        (out / "region_perception.json").write_text(json.dumps(meta, indent=1))
+        _mark_trained(out, cfg, sampler.dataset, steps, None)
+    accelerator.wait_for_everyone()
+
+    if cfg.eval_limit != 0:
+        summary["metrics"] = evaluate_out(out, cfg.data, cfg.val_split, sampler.tasks, limit=cfg.eval_limit,
+                                          device=str(accelerator.device), progress=cfg.progress,
+                                          rank_world=(rank, world))
+    if accelerator.is_main_process:
+        _mark_trained(out, cfg, sampler.dataset, steps, summary.get("metrics"))
+        (out / "training.json").write_text(json.dumps({"config": _jsonable(asdict(cfg)), **summary}, indent=1))
+        write_model_card(out, summary)
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return summary
+
+
+def _checkpoint(accelerator, out: Path, step: int) -> None:
+    """Model, optimizer, scheduler and RNG states (Accelerate's format) plus the step; the last two kept."""
+    path = out / CHECKPOINTS / f"step-{step}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / "trainer_state.json").write_text(json.dumps({"step": step}))
+        for old in sorted((out / CHECKPOINTS).glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-2]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _jsonable(value):
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return str(value) if isinstance(value, Path) else value
+
+
+def _mark_trained(out: Path, cfg: TrainConfig, dataset, steps: int, metrics: dict | None) -> None:
+    from ..models.toy import mark_trained
+
+    mark_trained(out, base=cfg.model, data=str(cfg.data), steps=steps, metrics=metrics,
+                 synthetic=dataset.name == "synthetic")
+
+
+# ---------------------------------------------------------------- evaluation through the harness
+
+
+def evaluate_out(out: Path, data: str, split: str, tasks: Sequence[str], *, limit: int | None = None,
+                 device: str = "auto", progress: bool = True, rank_world: tuple[int, int] = (0, 1),
+                 seed: int = 0) -> dict:
+    """Evaluate the trained directory on ``split`` with the harness, sharded over ranks; metrics per task."""
+    from ..datasets import load_dataset
+    from ..engine import EngineConfig, RegionEngine
+    from ..evaluation import evaluate
+
+    dataset = load_dataset(data, split)
+    engine = RegionEngine.load(EngineConfig(model=str(out), segmenter="none", proposals="superpixels",
+                                            device=device, dtype="float32", seed=seed))
+    results: dict[str, dict] = {}
+    eval_dir = Path(out) / "eval"
+    for task in tasks:
+        for harness_task, opts in EVAL_OF_TASK[task]:
+            name = harness_task + "".join(f"-{v}" for k, v in opts.items() if k in ("region", "candidates", "route"))
+            rows = eval_dir / f"{name}.jsonl"
+            if rank_world[0] == 0:
+                rows.unlink(missing_ok=True)
+                for old in eval_dir.glob(f"{name}.rank*.jsonl"):
+                    old.unlink()
+            _barrier()
+            summary = evaluate(harness_task, engine, dataset, limit=limit, out=rows, progress=progress,
+                               rank_world=rank_world, seed=seed, **opts)
+            results[name] = _headline(harness_task, summary)
+    return results
+
+
+def _barrier() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _headline(task: str, s: dict) -> dict:
+    """The figures the model card and docs quote (percent), with chance beside them."""
+    chance = s.get("chance", {})
+    keep = {"caption": ("name_accuracy", "CIDEr", "BLEU-4"),
+            "classify": ("accuracy", "accuracy_paper_rule", "mAP"),
+            "comprehension": ("accuracy",),
+            "refer": ("mIoU", "oIoU", "precision@0.5", "proposal_upper_bound_mIoU")}[task]
+    out = {"n": s.get("n")}
+    for k in keep:
+        if k in s:
+            out[k] = s[k]
+    out["chance"] = {k: v for k, v in chance.items() if k in keep} if isinstance(chance, dict) else chance
+    out["errors"] = s.get("errors", 0)
+    return out
+
+
+def write_model_card(out: Path, summary: dict) -> None:
+    """README.md in OUT: what the weights are, what they learnt from, and how well they answer."""
+    lines = [
+        f"# {Path(out).name}", "",
+        f"Trained with `region-perception train` from **{summary['model']}** ({summary['backend']} backend).", "",
+        "| | |", "|---|---|",
+        f"| data | `{summary['data']}` |",
+        f"| tasks | {', '.join(summary['tasks'])} |",
+        f"| trained groups | {', '.join(summary['train_groups'])} ({summary['trainable_parameters'] / 1e6:.2f}M "
+        "parameters) |",
+        f"| steps | {summary['steps']} x {summary['batch_size']} rows x {summary['grad_accum']} accum x "
+        f"{summary['world_size']} process(es), lr {summary['lr']}, cosine, {summary['warmup_steps']} warm-up |",
+        f"| loss | {summary['first_loss']:.4f} -> {summary['final_loss']:.4f} |",
+        f"| training time | {summary['train_seconds']} s on {summary['device']} |",
+        "",
+    ]
+    metrics = summary.get("metrics") or {}
+    if metrics:
+        lines += ["## Evaluation (val split, `region-perception eval`)", "", "| eval | n | metric | value | chance |",
+                  "|---|---|---|---|---|"]
+        for name, m in metrics.items():
+            for k, v in m.items():
+                if k in ("n", "chance", "errors"):
+                    continue
+                c = m.get("chance", {}).get(k, "") if isinstance(m.get("chance"), dict) else ""
+                lines.append(f"| {name} | {m.get('n')} | {k} | {v} | {c} |")
+        lines.append("")
+    lines += ["Load it like any checkpoint: `region-perception describe IMAGE --points x,y --model DIR`, or the "
+              "node with `model:=DIR`.", ""]
+    (Path(out) / "README.md").write_text("\n".join(lines))
