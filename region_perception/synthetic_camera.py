@@ -38,7 +38,9 @@ def inside_point(mask: np.ndarray) -> tuple[int, int]:
     import cv2
 
     dist = cv2.distanceTransform(np.pad(mask.astype(np.uint8), 1), cv2.DIST_L2, 5)[1:-1, 1:-1]
-    y, x = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    # a ridge of equally deep pixels (a long strip) has many maxima: take the one nearest their middle
+    deepest = np.argwhere(dist >= dist.max() - 1e-6)
+    y, x = deepest[int(np.argmin(((deepest - deepest.mean(axis=0)) ** 2).sum(axis=1)))]
     return int(x), int(y)
 
 

@@ -100,8 +100,9 @@ def test_published_frames_arrive_with_their_ground_truth(child_env):
                 return [s for s in images if s in truths]
 
         assert client.wait(lambda: len(matched()) >= 3, 120), f"frames {len(images)}, truths {len(truths)}"
+        keys = matched()  # takes the lock itself (it is not re-entrant)
         with lock:
-            pairs = [(images[s], truths[s]) for s in matched()]
+            pairs = [(images[s], truths[s]) for s in keys]
         indices = set()
         for image, truth in pairs:
             assert (truth["seed"], truth["size"], truth["frame_id"]) == (4, 96, "camera_optical_frame")

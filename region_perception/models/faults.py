@@ -12,7 +12,10 @@ import threading
 from typing import Any
 
 # the calls that do the work of one query (one of them per query for one region)
-_WORK = ("caption_each", "describe", "category", "rows_loss", "refer_native", "describe_rows", "category_many")
+_WORK = (
+    "caption_each", "describe", "describe_rows", "category", "category_many", "score_regions", "rows_loss",
+    "comprehend", "refer_native",
+)
 
 
 class InjectedFault(RuntimeError):

@@ -76,6 +76,15 @@ TOY_MODEL_SPECS = (
         FLORENCE_TASKS,
         "toy model trained on synthetic shapes: knows colours and shapes, nothing else",
     ),
+    ModelSpec(
+        "toy-regiongpt",
+        "regiongpt",
+        "packaged: region_perception/data/toy/toy-regiongpt (`make train-toy` rebuilds it)",
+        "MIT",
+        "2M",
+        ALL_TASKS,
+        "toy model trained on synthetic shapes: knows colours and shapes, nothing else",
+    ),
 )
 
 MODELS: dict[str, ModelSpec] = {

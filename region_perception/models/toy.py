@@ -19,7 +19,7 @@ from .tiny import _FLORENCE_PARSE_TASKS, mark_random
 
 TOY_NOTE = "toy model trained on synthetic shapes"
 TOY_DIR = Path(__file__).resolve().parent.parent / "data" / "toy"
-TOY_MODELS = {"toy-regionvlm": "regionvlm", "toy-florence2": "florence2"}
+TOY_MODELS = {"toy-regionvlm": "regionvlm", "toy-florence2": "florence2", "toy-regiongpt": "regiongpt"}
 
 # Prompts whose words the toy tokenizers must know (besides the synthetic vocabulary).
 _PROMPTS = (
@@ -235,6 +235,9 @@ def build_toy_regionvlm(out: Path, *, seed: int = 0, sizes: dict | None = None) 
             hidden_size=z["vision_hidden"], intermediate_size=z["vision_hidden"] * 2,
             num_hidden_layers=z["vision_layers"], num_attention_heads=z["vision_heads"],
             image_size=z["image_size"], patch_size=z["patch_size"],
+            # BLIP-2's default (1e-10) starts a ViT that sees nothing but positions: fine for released
+            # weights, fatal from scratch (the tower's output would not depend on the image)
+            initializer_range=0.02,
         ).to_dict(),
         qformer_config=InstructBlipQFormerConfig(
             vocab_size=len(q_tok), hidden_size=z["qformer_hidden"], num_hidden_layers=z["qformer_layers"],
@@ -252,6 +255,8 @@ def build_toy_regionvlm(out: Path, *, seed: int = 0, sizes: dict | None = None) 
         image_token_index=lm_tok.convert_tokens_to_ids("<image>"),
     )
     model = InstructBlipForConditionalGeneration(config).eval()
+    with torch.no_grad():  # T5 starts an untied head at std 1: logits ~sqrt(d_model) too large to learn from
+        model.language_model.lm_head.weight.normal_(0.0, h**-0.5)
     _coordinate_init_regionvlm(model, q_tok, z["image_size"] // z["patch_size"])
     if z["qformer_hidden"] >= 64 and z["vision_hidden"] >= 2 * FOURIER_DIMS:
         _region_wiring_regionvlm(model)
