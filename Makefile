@@ -17,10 +17,12 @@ setup:
 test: setup
 	$(PY) -m pytest
 
-# The node on the demo camera (bundled photographs) with the embedded default model,
-# a scripted set of queries, overlays saved under demo_out/.
+# With the default model at hand (cached or hub reachable): the node on the bundled photographs.
+# Offline (HF_HUB_OFFLINE=1, CI): the trained toy model on the synthetic camera, each answer printed
+# beside the scene's ground truth. Scripted queries, overlays under demo_out/.
+# DEMO_ARGS: --offline | --online | --model toy-regionvlm | --scenes N
 demo: setup
-	$(PY) -m region_perception.ros.demo
+	$(PY) -m region_perception.ros.demo $(DEMO_ARGS)
 
 # Speed and memory against the performance goals; rewrites docs/benchmarks.md.
 bench: setup

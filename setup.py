@@ -13,7 +13,7 @@ setup(
     license="BSD-3-Clause",
     python_requires=">=3.10",
     packages=find_packages(include=["region_perception", "region_perception.*"]),
-    package_data={"region_perception": ["data/*"]},
+    package_data={"region_perception": ["data/*", "data/*/*", "data/*/*/*", "data/*/*/*/*"]},
     install_requires=["numpy", "opencv-python-headless", "pyyaml", "transformers", "safetensors"],
     entry_points={
         "console_scripts": [

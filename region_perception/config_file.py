@@ -9,13 +9,26 @@ import yaml
 
 
 def load_parameters(path: str | Path, node_name: str = "region_perception") -> dict[str, Any]:
-    """The ``ros__parameters`` of ``node_name`` (or ``/**``) in a ROS 2 params file."""
+    """The ``ros__parameters`` of ``node_name`` (or ``/**``) in a ROS 2 params file.
+
+    Nested mappings become dotted names (``proposal_filter.min_area_fraction``), as ROS 2 reads them.
+    """
     data = yaml.safe_load(Path(path).read_text()) or {}
     for key in (node_name, f"/{node_name}", "/**", "**"):
         section = data.get(key)
         if isinstance(section, dict) and "ros__parameters" in section:
-            return dict(section["ros__parameters"] or {})
+            return _flatten(section["ros__parameters"] or {})
     raise ValueError(f"{path}: no '{node_name}: ros__parameters:' section")
+
+
+def _flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def engine_values(params: dict[str, Any]) -> dict[str, Any]:

@@ -22,10 +22,10 @@ class BatchingEngine(FakeEngine):
     def __init__(self) -> None:
         super().__init__()
         self.batches: list[list[BatchItem]] = []
-        self.entered = threading.Event()
+        self.busy = threading.Event()  # set once the worker is inside a call (FakeEngine.entered counts)
 
     def _work(self, name, image, key):
-        self.entered.set()
+        self.busy.set()
         return super()._work(name, image, key)
 
     def ask(self, image, regions, text, frame_key=None, **kw):
@@ -34,14 +34,17 @@ class BatchingEngine(FakeEngine):
         return self._work("ask", image, frame_key)
 
     def run_batch(self, image, items, frame_key=None):
-        self.entered.set()
+        self.busy.set()
         self.gate.wait()
         self.batches.append(list(items))
         if any(it.text == "boom" for it in items):
             raise RuntimeError("driver fault in the batch")
-        return [
-            RegionError("caption needs at least one region") if not it.regions else f"batch:{it.task}" for it in items
-        ]
+        return [RegionError("the point is outside the image") if _outside(it) else f"batch:{it.task}" for it in items]
+
+
+def _outside(item: BatchItem) -> bool:
+    """A query only the engine can refuse (intake checks pass): a region named "outside"."""
+    return any(r.name == "outside" for r in item.regions)
 
 
 def ask(qid, text="what?", stamp=0, **kw):
@@ -58,7 +61,7 @@ def held(max_batch=8, queue_size=16):
     engine.gate.clear()
     proc.start()
     proc.submit(caption("first"))
-    assert engine.entered.wait(10), "the worker never started the first query"
+    assert engine.busy.wait(10), "the worker never started the first query"
     return engine, proc, frames, outcomes
 
 
@@ -101,12 +104,14 @@ def test_a_failing_batch_is_retried_one_by_one_and_only_the_faulty_query_fails()
 def test_a_query_error_stays_with_its_query():
     engine, proc, _, outcomes = held()
     proc.submit(caption("ok"))
-    proc.submit(QuerySpec(query_id="empty", task=Task.CAPTION))
+    outside = PointsRegion(np.array([[1e6, 1e6]]), "outside")
+    proc.submit(QuerySpec(query_id="outside", task=Task.CAPTION, regions=[outside]))
     engine.gate.set()
     wait_for(outcomes, 3)
     proc.stop()
     got = by_id(outcomes)
-    assert got["empty"].status == Status.INVALID_QUERY and "at least one region" in got["empty"].error
+    assert len(engine.batches) == 1 and len(engine.batches[0]) == 2  # it reached the batch, not refused at intake
+    assert got["outside"].status == Status.INVALID_QUERY and "outside the image" in got["outside"].error
     assert got["ok"].status == Status.OK and got["ok"].batch_size == 2
 
 

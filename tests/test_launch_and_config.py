@@ -26,7 +26,7 @@ def test_every_node_parameter_is_documented_in_default_yaml():
     text = (REPO / "config" / "default.yaml").read_text()
     for name in declared:  # each one has a comment on its line or the line before
         lines = text.splitlines()
-        i = next(n for n, line in enumerate(lines) if line.strip().startswith(f"{name}:"))
+        i = next(n for n, line in enumerate(lines) if line.strip().startswith(f"{name.split('.')[-1]}:"))
         assert "#" in lines[i] or lines[i - 1].strip().startswith("#"), f"{name} is not explained"
     for name, value in params.items():  # the YAML's types match the declared defaults
         default = declared[name][0]

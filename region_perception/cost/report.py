@@ -43,7 +43,11 @@ COMPUTE_UTILISATION = 0.4  # of peak, for the large matmuls of a prefill / encod
 BANDWIDTH_EFFICIENCY = 0.7  # of peak bandwidth when streaming weights
 
 ANCHORS = (
-    ("MobileSAM (TensorRT) on Jetson AGX Orin", "35 ms encoder, 39 ms full pipeline", "NVIDIA-AI-IOT/nanosam README"),
+    (
+        "MobileSAM (TensorRT, fp32 encoder) on Jetson AGX Orin",
+        "35 ms encoder, 39 ms full pipeline",
+        "NVIDIA-AI-IOT/nanosam README",
+    ),
     ("NanoSAM (ResNet18, TensorRT fp16) on Jetson AGX Orin", "4.2 ms encoder, 8.1 ms full pipeline", "same table"),
     (
         "Isaac ROS Segment Anything graph (full SAM, 720p in, 1024x1024 network) on Jetson AGX Orin",

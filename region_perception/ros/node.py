@@ -29,7 +29,7 @@ from visualization_msgs.msg import Marker, MarkerArray
 from region_perception.msg import RegionQuery, RegionResult
 from region_perception.srv import QueryRegions
 
-from ..config_file import read_vocabulary, vocabulary_display_name
+from ..config_file import engine_values, read_vocabulary, vocabulary_display_name
 from ..engine import EngineConfig, RegionEngine
 from ..frame_buffer import Frame, FrameBuffer
 from ..overlay import draw_overlay
@@ -65,6 +65,9 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "default_vocabulary": ("coco80", "CLASSIFY labels when a query gives none: name or file"),
     "points_per_region": (10, "RegionVLM's K points per region"),
     "refer_draws": (5, "point draws per proposal when scoring REFER"),
+    "proposal_filter.min_area_fraction": (0.04, "REFER proposals smaller than this share of the image are dropped"),
+    "proposal_filter.max_border_fraction": (0.70, "REFER proposals covering more of one image border are dropped"),
+    "proposal_filter.max_proposals": (20, "REFER scores at most this many proposals (best proposal scores first)"),
     "seed": (0, "point sampling seed"),
     "max_new_tokens": (30, "generation length when a query gives 0"),
     "num_beams": (1, "beam search width when a query gives 0"),
@@ -176,7 +179,7 @@ class RegionPerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        config = EngineConfig.from_dict({k: self.p(k) for k in EngineConfig.__dataclass_fields__ if k in PARAMETERS})
+        config = EngineConfig.from_dict(engine_values({k: self.p(k) for k in PARAMETERS}))
         started = time.monotonic()
         try:
             self.engine = RegionEngine.load(config)
