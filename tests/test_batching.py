@@ -258,3 +258,18 @@ def engine_timings():
     from region_perception.timing import Timings
 
     return Timings()
+
+
+def test_refer_bound_is_vision_plus_row_over_row_from_the_same_runs_timings():
+    from region_perception.bench import Figure
+    from region_perception.bench_batching import refer_bound
+
+    timings = {"vision_encode": 300.0, "qformer": 8000.0, "lm_encode": 1000.0, "lm_loss": 1000.0, "generation": 9e9}
+    detail = {"ours_timings_ms": timings, "rows": 100, "reference_s": 50.0}
+    refer = Figure("refer_speedup_vs_reference", 4.0, "x", detail=detail)
+    got = refer_bound(refer)
+    per_row = (8000.0 + 1000.0 + 1000.0) / 100  # 100 ms: the stages every row pays, not generation
+    assert got.detail["bound"] == pytest.approx((300.0 + per_row) / per_row, abs=0.01)  # 4.0
+    assert got.value == pytest.approx(4.0 / 4.0, abs=0.01) and got.met
+    assert got.detail["reference_row_ms"] == 500.0
+    assert not refer_bound(Figure("r", 3.0, "x", detail=refer.detail)).met  # 0.75 of the bound
