@@ -96,6 +96,23 @@ def row_mean_losses(
     return sums / scored.sum(dim=1).clamp(min=1)
 
 
+def score_cue_rows(
+    backend: Any,
+    features: Any,
+    cues: Sequence[RegionCue],
+    texts: Sequence[str] | str,
+    *,
+    batch_size: int = 32,
+    timings: Timings | None = None,
+) -> np.ndarray:
+    """``score_regions`` for backends whose rows are encoded once per cue (``encode_cues``) and then
+    scored per text (``rows_loss``): one text for every cue, or one text each."""
+    if isinstance(texts, str):
+        texts = [texts] * len(cues)
+    rows = backend.encode_cues(features, cues, batch_size=batch_size, timings=timings)
+    return backend.rows_loss(rows, texts, timings=timings)
+
+
 def labels_hint(labels: Sequence[str], vocabulary_name: str = "") -> str:
     """RegionGPT's task-guided phrasing: "COCO-80 category names", or the list itself."""
     if vocabulary_name:

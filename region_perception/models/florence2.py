@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from ..timing import Timings
-from .backend import RegionCue, row_mean_losses
+from .backend import RegionCue, row_mean_losses, score_cue_rows
 
 _LOC = re.compile(r"<loc_\d+>")
 
@@ -235,11 +235,7 @@ class Florence2Region:
         timings: Timings | None = None,
     ) -> np.ndarray:
         """Loss of each text as the ``<REGION_TO_DESCRIPTION>`` answer for each region."""
-        if isinstance(texts, str):
-            texts = [texts] * len(cues)
-        return self.rows_loss(
-            self.encode_cues(features, cues, batch_size=batch_size, timings=timings), texts, timings=timings
-        )
+        return score_cue_rows(self, features, cues, texts, batch_size=batch_size, timings=timings)
 
     @torch.inference_mode()
     def reference_row_loss(self, image_rgb: np.ndarray, cue: RegionCue, text: str) -> float:

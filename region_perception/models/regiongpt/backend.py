@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from ...timing import Timings
-from ..backend import RegionCue, row_mean_losses
+from ..backend import RegionCue, row_mean_losses, score_cue_rows
 from . import processing_regiongpt as prompts
 from .modeling_regiongpt import RegionGPTForConditionalGeneration
 
@@ -245,11 +245,7 @@ class RegionGPTRegion:
         timings: Timings | None = None,
     ) -> np.ndarray:
         """Loss of each text as the caption of each region."""
-        if isinstance(texts, str):
-            texts = [texts] * len(cues)
-        return self.rows_loss(
-            self.encode_cues(features, cues, batch_size=batch_size, timings=timings), texts, timings=timings
-        )
+        return score_cue_rows(self, features, cues, texts, batch_size=batch_size, timings=timings)
 
     @torch.inference_mode()
     def comprehend(
