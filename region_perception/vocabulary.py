@@ -78,20 +78,18 @@ class VocabularySnapper:
     def _embed(self, texts: list[str]) -> np.ndarray:
         return np.asarray(_encoder(self.model_name, self.device).encode(texts, normalize_embeddings=True))
 
-    def snap(self, text: str, labels: list[str]) -> Snap:
+    def _table(self, labels: list[str]) -> np.ndarray:
+        """The labels' embeddings, computed once per label list."""
         if not labels:
             raise ValueError("snapping needs at least one label")
         key = tuple(labels)
         with self._lock:
             if key not in self._labels:
                 self._labels[key] = self._embed(list(labels))
-            table = self._labels[key]
-        exact = [lbl for lbl in labels if lbl.lower() == text.strip().lower()]
-        sims = table @ self._embed([text.strip() or "object"])[0]
-        if exact:  # an exact answer wins whatever the embedding says
-            sims = np.where(np.array(labels) == exact[0], 1.0, sims)
-        order = np.argsort(-sims, kind="stable")
-        return Snap(labels[order[0]], [labels[i] for i in order], [round(float(sims[i]), 6) for i in order])
+            return self._labels[key]
+
+    def snap(self, text: str, labels: list[str]) -> Snap:
+        return self.snap_many([text], [labels])[0]
 
     def snap_many(self, texts: list[str], label_sets: list[list[str]]) -> list[Snap]:
         """:meth:`snap` for several texts, their embeddings computed in one encoder call (batched queries)."""
@@ -99,21 +97,13 @@ class VocabularySnapper:
             raise ValueError("snap_many needs one label list per text")
         if not texts:
             return []
-        tables = []
-        for labels in label_sets:
-            if not labels:
-                raise ValueError("snapping needs at least one label")
-            key = tuple(labels)
-            with self._lock:
-                if key not in self._labels:
-                    self._labels[key] = self._embed(list(labels))
-                tables.append(self._labels[key])
+        tables = [self._table(labels) for labels in label_sets]
         embedded = self._embed([t.strip() or "object" for t in texts])
         snaps = []
         for text, labels, table, vec in zip(texts, label_sets, tables, embedded, strict=True):
             sims = table @ vec
             exact = [lbl for lbl in labels if lbl.lower() == text.strip().lower()]
-            if exact:
+            if exact:  # an exact answer wins whatever the embedding says
                 sims = np.where(np.array(labels) == exact[0], 1.0, sims)
             order = np.argsort(-sims, kind="stable")
             snaps.append(Snap(labels[order[0]], [labels[i] for i in order], [round(float(sims[i]), 6) for i in order]))

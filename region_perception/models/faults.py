@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import threading
+from collections.abc import Callable
 from typing import Any
 
 # the calls that do the work of one query (one of them per query for one region)
@@ -22,32 +23,41 @@ class InjectedFault(RuntimeError):
     """Raised by :class:`FaultInjectingBackend` on purpose."""
 
 
-class FaultInjectingBackend:
-    def __init__(self, backend: Any, every: int, message: str = "injected fault") -> None:
-        if every < 1:
-            raise ValueError("fault_every must be at least 1")
+class _WorkCallWrapper:
+    """A backend whose work calls (``_WORK``) go through :meth:`_run`; everything else passes through."""
+
+    def __init__(self, backend: Any) -> None:
         self._backend = backend
-        self._every = every
-        self._message = message
-        self._calls = itertools.count(1)
         self._lock = threading.Lock()
+
+    def _run(self, call: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        raise NotImplementedError
 
     def __getattr__(self, name: str) -> Any:
         attr = getattr(self._backend, name)
         if name not in _WORK or not callable(attr):
             return attr
-
-        def call(*args, **kwargs):
-            with self._lock:
-                n = next(self._calls)
-            if n % self._every == 0:
-                raise InjectedFault(f"{self._message} (model call {n}, every {self._every})")
-            return attr(*args, **kwargs)
-
-        return call
+        return lambda *args, **kwargs: self._run(attr, args, kwargs)
 
 
-class HoldingBackend:
+class FaultInjectingBackend(_WorkCallWrapper):
+    def __init__(self, backend: Any, every: int, message: str = "injected fault") -> None:
+        if every < 1:
+            raise ValueError("fault_every must be at least 1")
+        super().__init__(backend)
+        self._every = every
+        self._message = message
+        self._calls = itertools.count(1)
+
+    def _run(self, call: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        with self._lock:
+            n = next(self._calls)
+        if n % self._every == 0:
+            raise InjectedFault(f"{self._message} (model call {n}, every {self._every})")
+        return call(*args, **kwargs)
+
+
+class HoldingBackend(_WorkCallWrapper):
     """``hold_model_s: S`` (testing aid): every model work call waits S seconds first.
 
     It makes "a query is being answered" a state a test can create instead of a race it
@@ -59,28 +69,20 @@ class HoldingBackend:
     def __init__(self, backend: Any, hold_s: float) -> None:
         if hold_s <= 0:
             raise ValueError("hold_model_s must be positive")
-        self._backend = backend
+        super().__init__(backend)
         self._hold_s = hold_s
         self._released = threading.Event()
         self.holding = 0  # calls waiting right now (what a test can wait for)
-        self._lock = threading.Lock()
 
     def release_holds(self) -> None:
         self._released.set()
 
-    def __getattr__(self, name: str) -> Any:
-        attr = getattr(self._backend, name)
-        if name not in _WORK or not callable(attr):
-            return attr
-
-        def call(*args, **kwargs):
+    def _run(self, call: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        with self._lock:
+            self.holding += 1
+        try:
+            self._released.wait(self._hold_s)
+        finally:
             with self._lock:
-                self.holding += 1
-            try:
-                self._released.wait(self._hold_s)
-            finally:
-                with self._lock:
-                    self.holding -= 1
-            return attr(*args, **kwargs)
-
-        return call
+                self.holding -= 1
+        return call(*args, **kwargs)

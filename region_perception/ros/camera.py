@@ -24,7 +24,7 @@ from sensor_msgs.msg import Image
 
 from .image_conversion import array_to_image_msg
 from .replay import is_log, replay
-from .spin import node_executor, spin_until
+from .spin import close_node, node_executor, spin_until
 
 SYNTHETIC = "synthetic"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -131,7 +131,8 @@ def resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
 
 
-def _qos(reliable: bool) -> QoSProfile:
+def camera_qos(reliable: bool) -> QoSProfile:
+    """The image publisher's QoS: latest frame best-effort, or a short reliable history."""
     return QoSProfile(
         history=HistoryPolicy.KEEP_LAST,
         depth=1 if not reliable else 5,
@@ -163,7 +164,7 @@ def publish_synthetic(args: argparse.Namespace, argv: list[str]) -> int:
     rclpy.init(args=argv)
     node = rclpy.create_node("region_perception_camera")
     topic = args.topic or "image"
-    pub = node.create_publisher(Image, topic, _qos(args.reliable))
+    pub = node.create_publisher(Image, topic, camera_qos(args.reliable))
     executor = node_executor(node)
     truth_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
     truth_pub = node.create_publisher(String, f"{topic}/ground_truth", truth_qos)
@@ -189,10 +190,7 @@ def publish_synthetic(args: argparse.Namespace, argv: list[str]) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        close_node(executor, node)
     return 0
 
 
@@ -208,12 +206,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     rclpy.init(args=argv)
     node = rclpy.create_node("region_perception_camera")
-    qos = QoSProfile(
-        history=HistoryPolicy.KEEP_LAST,
-        depth=1 if not args.reliable else 5,
-        reliability=ReliabilityPolicy.RELIABLE if args.reliable else ReliabilityPolicy.BEST_EFFORT,
-    )
-    pub = node.create_publisher(Image, args.topic or "image", qos)
+    pub = node.create_publisher(Image, args.topic or "image", camera_qos(args.reliable))
     executor = node_executor(node)
     rate = 2.0 if args.rate is None else args.rate
     period = 1.0 / rate if rate > 0 else 0.0
@@ -248,10 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        close_node(executor, node)
     return 0
 
 

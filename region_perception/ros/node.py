@@ -38,7 +38,7 @@ from ..regions import RegionError
 from ..status import Status
 from .image_conversion import array_to_image_msg, compressed_msg_to_rgb, image_msg_to_rgb
 from .messages import result_msg, spec_from_query
-from .spin import Handoff, make_executor, serve_until_signalled, stop_requested_by_signals
+from .spin import Handoff, close_node, make_executor, serve_until_signalled, stop_requested_by_signals
 
 # name -> (default, description); every one is documented in config/default.yaml
 PARAMETERS: dict[str, tuple[object, str]] = {
@@ -459,10 +459,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     finally:
         node._unload("the node is shutting down")  # a no-op when answer_pending ran
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        close_node(executor, node)
     return 0
 
 

@@ -14,12 +14,11 @@ import time
 
 import rclpy
 from rclpy.executors import ExternalShutdownException
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CompressedImage, Image
 
 from ..logs import LogError
 from ..logs.reader import LogReader
-from .spin import node_executor, spin_until
+from .spin import close_node, node_executor, spin_until
 
 
 def is_log(source: str | None) -> bool:
@@ -59,12 +58,9 @@ def replay(args: argparse.Namespace, ros_argv: list[str]) -> int:
     speed = args.rate if args.rate is not None else 1.0
     rclpy.init(args=ros_argv)
     node = rclpy.create_node("region_perception_camera")
-    qos = QoSProfile(
-        history=HistoryPolicy.KEEP_LAST,
-        depth=1 if not args.reliable else 5,
-        reliability=ReliabilityPolicy.RELIABLE if args.reliable else ReliabilityPolicy.BEST_EFFORT,
-    )
-    pub = node.create_publisher(CompressedImage if compressed else Image, out_topic, qos)
+    from .camera import camera_qos  # camera.py dispatches logs here: imported at call time, no cycle
+
+    pub = node.create_publisher(CompressedImage if compressed else Image, out_topic, camera_qos(args.reliable))
     executor = node_executor(node)
     bar = None
     if not args.no_progress:
@@ -100,7 +96,4 @@ def replay(args: argparse.Namespace, ros_argv: list[str]) -> int:
     finally:
         if bar is not None:
             bar.close()
-        executor.shutdown(timeout_sec=1.0)
-        node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        close_node(executor, node)

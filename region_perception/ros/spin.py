@@ -122,6 +122,16 @@ def spin_in_background(
     return stop, thread
 
 
+def close_node(executor: SingleThreadedExecutor, node: Any) -> None:
+    """Stop spinning, destroy ``node`` and shut rclpy down (if nobody has): every program's last step."""
+    import rclpy
+
+    executor.shutdown(timeout_sec=1.0)
+    node.destroy_node()
+    if rclpy.ok():
+        rclpy.shutdown()
+
+
 def stop_requested_by_signals() -> threading.Event:
     """An event SIGINT and SIGTERM set (instead of raising or killing): the caller stops gracefully."""
     requested = threading.Event()
