@@ -34,9 +34,10 @@ SOAK_MINUTES ?= 10
 soak: setup
 	HF_HUB_OFFLINE=1 $(PY) -m region_perception.ros.soak --minutes $(SOAK_MINUTES) --json bench_out/soak.json
 
-# Train the toy RegionVLM and Florence-2 from scratch on the synthetic world (CPU, ~10 min each), evaluate
-# them on held-out scenes and install them in region_perception/data/toy/ (docs/training.md). Packaged
-# weights are only replaced with TOY_OVERWRITE=1; TOY_ONLY=toy-florence2 trains one of them.
+# Train the toy RegionVLM, Florence-2 and RegionGPT from scratch on the synthetic world (CPU), evaluate
+# them on held-out scenes and install in region_perception/data/toy/ those that meet their targets
+# (docs/training.md). Packaged weights are only replaced with TOY_OVERWRITE=1; TOY_ONLY=toy-florence2
+# trains one of them.
 train-toy: setup
 	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m region_perception.training.toys \
 	  --work build/train-toy $(if $(filter 1 yes true,$(TOY_OVERWRITE)),--overwrite) $(if $(TOY_ONLY),--only $(TOY_ONLY))
