@@ -94,6 +94,7 @@ class RegionAnswer:
     box: list[float] = field(default_factory=list)  # x_min, y_min, x_max, y_max px
     region_text: str = ""  # what the Q-Former read
     cue: RegionCue | None = field(default=None, repr=False)
+    location: Any = None  # depth3d.Location: set by the 3D step when depth is on (None: not run)
 
 
 @dataclass
@@ -128,6 +129,7 @@ class TaskResult:
                     "box": o.box,
                     "region_text": o.region_text,
                     "mask_area": int(o.mask.sum()) if o.mask is not None else 0,
+                    **(o.location.to_json() if o.location is not None else {}),
                 }
                 for o in self.outputs
             ],

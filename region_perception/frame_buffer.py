@@ -72,6 +72,12 @@ class FrameBuffer:
         with self._lock:
             return self._frames[-1] if self._frames else None
 
+    def nearest(self, stamp_ns: int) -> Frame | None:
+        """The buffered frame nearest ``stamp_ns`` whatever the tolerance (None: buffer empty)."""
+        with self._lock:
+            frames = list(self._frames)
+        return min(frames, key=lambda f: abs(f.stamp_ns - stamp_ns)) if frames else None
+
     def find(self, stamp_ns: int) -> Frame:
         """The frame for a query stamp: 0 = latest; else nearest within tolerance."""
         with self._lock:

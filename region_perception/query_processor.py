@@ -63,6 +63,7 @@ class Outcome:
     spec: QuerySpec | None = None
     release_id: bool = True
     batch_size: int = 1  # queries answered by the same engine call (inference_ms is the batch's)
+    position_frame_id: str = ""  # the frame of the outputs' 3D positions ("" = none computed)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -124,6 +125,7 @@ class QueryProcessor:
         self.vocabulary_name = vocabulary_name  # how the model is told about default_labels
         self.default_timeout_s = default_timeout_s
         self.frame_wait_s = frame_wait_s
+        self.depth_source: Any = None  # depth3d.DepthSource: 3D positions after the model (None: off)
         # queries whose frame is newer than any buffered one: it may still be on its way
         self._awaiting: list[tuple[_Job, float]] = []
         self._awaiting_lock = threading.Lock()
@@ -333,7 +335,19 @@ class QueryProcessor:
             outcome = Outcome(job.spec.query_id, job.spec.task, Status.MODEL_ERROR, f"{type(exc).__name__}: {exc}")
         outcome.queue_ms = (started - job.received) * 1000.0
         outcome.inference_ms = (time.monotonic() - started) * 1000.0
+        self._locate(outcome)
         job.finish(outcome)
+
+    def _locate(self, outcome: Outcome) -> None:
+        """The 3D step, on the worker once the masks exist; it never costs the query its answer."""
+        source = self.depth_source
+        if source is None or outcome.status != Status.OK or outcome.result is None or outcome.frame is None:
+            return
+        try:
+            outcome.position_frame_id = source.locate(outcome.result, outcome.frame.stamp_ns, outcome.frame.frame_id)
+        except Exception as exc:  # a bug in the 3D step must not turn an answer into an error
+            log.exception("3D step of %s failed", outcome.query_id)
+            outcome.result.notes.append(f"no 3D position: {type(exc).__name__}: {exc}")
 
     def _take_batch(self, first: _Job) -> list[_Job]:
         """``first`` and the queued queries that can share its engine call (see :mod:`.batching`)."""
@@ -378,6 +392,7 @@ class QueryProcessor:
             outcome.queue_ms = (started - job.received) * 1000.0
             outcome.inference_ms = inference_ms
             outcome.batch_size = len(jobs)
+            self._locate(outcome)
             job.finish(outcome)
 
     def answer_batch(self, specs: list[QuerySpec], frame: Frame) -> list[Outcome]:

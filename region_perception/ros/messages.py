@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+from geometry_msgs.msg import Point, Vector3
 from sensor_msgs.msg import RegionOfInterest
+from std_msgs.msg import Header
 
 from region_perception.msg import Region as RegionMsg
 from region_perception.msg import RegionOutput, RegionQuery, RegionResult
@@ -99,9 +101,26 @@ def result_msg(outcome: Outcome, model_name: str, weights_random: bool, include_
         if include_masks and out.mask is not None:
             o.mask = mask_to_msg(out.mask, msg.header)
         o.bbox = _roi(out.box)
+        _set_location(o, out.location)
         msg.outputs.append(o)
     msg.selected_index = int(result.selected_index)
     msg.candidate_scores = [float(s) for s in result.candidate_scores]
     msg.candidate_boxes = [_roi(b) for b in result.candidate_boxes]
     msg.notes = [str(n) for n in result.notes]
+    if getattr(outcome, "position_frame_id", ""):
+        # the frame the positions are in (aligned depth: the colour frame); a new header, as
+        # msg.header may be the frame's own message header
+        msg.header = Header(stamp=msg.header.stamp, frame_id=outcome.position_frame_id)
     return msg
+
+
+def _set_location(o: RegionOutput, location) -> None:
+    """RegionOutput's 3D fields from a depth3d.Location (None or no position: has_position false)."""
+    if location is None:
+        return
+    o.depth_valid_fraction = float(location.valid_fraction)
+    if location.position is None:
+        return
+    o.has_position = True
+    o.position = Point(x=location.position[0], y=location.position[1], z=location.position[2])
+    o.size = Vector3(x=location.size[0], y=location.size[1], z=location.size[2])
