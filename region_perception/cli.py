@@ -109,6 +109,11 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
             print(f"selected proposal {result['selected_index']} box {out['box']} score {out['score']:.4f}")
         else:
             print(f"{name}: {out['text']}")
+        if out.get("position"):  # --depth: where it is (camera optical frame, metres)
+            x, y, z = out["position"]
+            sx, sy, sz = out["size"]
+            print(f"    at x {x:+.3f} y {y:+.3f} z {z:.3f} m, size {sx:.3f} x {sy:.3f} x {sz:.3f} m, "
+                  f"depth valid {out['depth_valid_fraction']:.0%}")
     if result["task"] == "refer":
         print("candidate scores (lower is better):", result["candidate_scores"])
     print("timings (ms):", result["timings_ms"])
@@ -122,6 +127,7 @@ def cmd_task(args: argparse.Namespace) -> int:
         raise CliError("classify: give a region (--points, --scribble, --box or --mask)")
     # bad regions fail here, before minutes of model loading
     regions = [validate(r, image.shape[:2]) for r in regions_from_args(args, image.shape[:2])]
+    depth = read_depth(args)  # a bad depth file or intrinsics fail here too
     engine = _engine(args)
     if args.command == "describe":
         from .regions import WholeImage
@@ -145,8 +151,44 @@ def cmd_task(args: argparse.Namespace) -> int:
             import cv2
 
             cv2.imwrite(args.out, result.outputs[0].mask.astype(np.uint8) * 255)
+    if depth is not None:
+        from .depth3d import DepthSettings, locate_result
+
+        metres, intrinsics = depth
+        locate_result(result, metres, intrinsics, DepthSettings(scale=args.depth_scale))
     _print(result.to_json(), args.json)
     return 0
+
+
+def read_depth(args: argparse.Namespace):
+    """``--depth`` as float32 metres with ``--intrinsics`` (of the depth image), or None without it."""
+    if not args.depth:
+        if args.intrinsics:
+            raise CliError("--intrinsics needs --depth")
+        return None
+    from .depth3d import DepthError, Intrinsics, depth_array_to_metres
+
+    if not args.intrinsics:
+        raise CliError("--depth needs --intrinsics fx,fy,cx,cy (pixels of the depth image)")
+    if not Path(args.depth).is_file():
+        raise CliError(f"{args.depth}: no such file (the depth image)")
+    if args.depth.endswith(".npy"):
+        try:
+            raw = np.load(args.depth, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise CliError(f"{args.depth}: not a readable .npy depth array ({exc})") from None
+    else:
+        import cv2
+
+        raw = cv2.imread(args.depth, cv2.IMREAD_UNCHANGED)  # 16-bit PNG stays uint16 (units x --depth-scale)
+        if raw is None:
+            raise CliError(f"{args.depth}: not a depth image OpenCV can read (16-bit PNG, float TIFF) or .npy")
+    try:
+        metres = depth_array_to_metres(raw, args.depth_scale)
+        intrinsics = Intrinsics.parse(args.intrinsics, metres.shape[1], metres.shape[0])
+    except DepthError as exc:
+        raise CliError(f"{args.depth}: {exc}") from None
+    return metres, intrinsics
 
 
 def cmd_snap(args: argparse.Namespace) -> int:
@@ -288,6 +330,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", help="node parameters YAML (config/default.yaml) to read engine settings from")
         p.add_argument("--max-new-tokens", type=int, default=0)
         p.add_argument("--json", action="store_true", help="one JSON object on stdout")
+        p.add_argument("--depth", help="depth image aligned to IMAGE (16-bit PNG x --depth-scale, float TIFF "
+                       "or .npy in metres): adds each region's 3D position and size")
+        p.add_argument("--intrinsics", help="the depth image's fx,fy,cx,cy in pixels (with --depth)")
+        p.add_argument("--depth-scale", type=float, default=0.001, help="16-bit depth units to metres (0.001: mm)")
         p.set_defaults(func=cmd_task)
         return p
 
