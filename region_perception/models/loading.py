@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from .registry import MODELS, TINY_MODELS, TINY_SAM, TOY_MODELS, offline_fallback
-from .sources import ModelLoadError, Source, from_pretrained, locate, one_line, read_config
+from .sources import ModelLoadError, Source, from_pretrained, is_hub_id, locate, one_line, read_config
 from .tiny import (
     BENCH_REGIONVLM_SIZES,
     RANDOM_WEIGHTS_MARKER,
@@ -204,18 +204,23 @@ def _toy_directory(name: str) -> Path:
     return path
 
 
-def _load_one(name: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool):
-    """Load exactly ``name`` (no fallback), or ModelLoadError."""
+def _load_one(name: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool, revision: str = ""):
+    """Load exactly ``name`` (no fallback) at ``revision`` (hub ids only), or ModelLoadError."""
     from transformers import AutoProcessor
 
     quiet_transformers()
     directory = named_directory(name)
     if directory is not None:
+        if revision:
+            raise ModelLoadError("unknown_revision", "model", name,
+                                 f"revision {revision!r} given for a model built or shipped here (hub ids only)")
         source = Source("model", name, str(directory), on_hub=False)
     elif name in MODELS and MODELS[name].source != "Hugging Face" and not Path(name).exists():
         raise ModelLoadError("not_found_local", "model", name, f"not downloadable: {MODELS[name].source}")
     else:
-        source = locate("model", name, region_model_names(), hint=" (region-perception models lists the names)")
+        source = locate(
+            "model", name, region_model_names(), hint=" (region-perception models lists the names)", revision=revision
+        )
     _, backend = backend_for(read_config(source), source)
     model_class = backend.model_class()  # first: importing it registers its config type (RegionGPT's)
     processor = from_pretrained(AutoProcessor, source, trust_remote_code=trust_remote_code)
@@ -231,6 +236,7 @@ def _load_one(name: str, device: torch.device, dtype: torch.dtype, trust_remote_
             model.to(device), processor, name=name, device=device, weights_random=weights_random, path=local
         )
         wrapped.trained_note = _trained_note(local)
+        wrapped.commit, wrapped.revision = source.commit, source.revision  # what a hub id resolved to
         return wrapped
     except (ModelLoadError, torch.cuda.OutOfMemoryError):
         raise
@@ -272,14 +278,16 @@ def load_region_model(
     trust_remote_code: bool = False,
     allow_fallback: bool = True,
     fallback_model: str = "",
+    revision: str = "",
 ):
     """A region backend from a registry name, Hugging Face id or directory, or ModelLoadError.
 
-    See :func:`fallback_target` for when another model is loaded instead (always loudly,
-    and the model it replaced is kept in the returned backend's ``fallback_from``).
+    ``revision`` pins a hub id to a branch, tag or commit; the loaded commit is the backend's
+    ``commit``. See :func:`fallback_target` for when another model is loaded instead (always
+    loudly, and the model it replaced is kept in the returned backend's ``fallback_from``).
     """
     try:
-        return _load_one(name_or_path, device, dtype, trust_remote_code)
+        return _load_one(name_or_path, device, dtype, trust_remote_code, revision)
     except ModelLoadError as exc:
         target = fallback_target(name_or_path, exc, fallback_model) if allow_fallback else ""
         if not target:
@@ -295,11 +303,12 @@ def load_region_model(
     return model
 
 
-def load_segmenter(spec: str, backend: str, cache, device: torch.device):
+def load_segmenter(spec: str, backend: str, cache, device: torch.device, revision: str = ""):
     """SAM by spec for ``backend`` ``sam`` (segment-anything) or ``hf-sam`` (transformers).
 
-    ``sam``: ``tiny-sam``, ``vit_b:/path/sam_vit_b_01ec64.pth`` or a tiny-SAM directory.
-    ``hf-sam``: a Hugging Face id (``facebook/sam-vit-base``) or a saved directory.
+    ``sam``: ``tiny-sam``, ``vit_b:/path/sam_vit_b_01ec64.pth``, a tiny-SAM directory or a hub
+    repository laid out as one. ``hf-sam``: a Hugging Face id (``facebook/sam-vit-base``) or a
+    saved directory. ``revision`` pins a hub id; the segmenter's ``commit`` says what loaded.
     A segmenter that cannot be loaded raises ModelLoadError (no fallback: the user named it).
     """
     from .sam import SegmentAnythingSegmenter, TransformersSamSegmenter, load_segment_anything
@@ -321,14 +330,29 @@ def load_segmenter(spec: str, backend: str, cache, device: torch.device):
     if backend == "hf-sam":
         from transformers import SamModel, SamProcessor
 
-        source = locate("segmenter", spec, [], hint=" (hf-sam: a Hugging Face id such as facebook/sam-vit-base)")
+        source = locate(
+            "segmenter", spec, [], hint=" (hf-sam: a Hugging Face id such as facebook/sam-vit-base)", revision=revision
+        )
         model = from_pretrained(SamModel, source)
         processor = from_pretrained(SamProcessor, source)
-        return TransformersSamSegmenter(spec, cache, device, model=model, processor=processor)
-    path = str(tiny_path(TINY_SAM)) if spec == TINY_SAM else spec
+        segmenter = TransformersSamSegmenter(spec, cache, device, model=model, processor=processor)
+        segmenter.commit = source.commit
+        return segmenter
+    commit = ""
+    if spec == TINY_SAM:
+        path = str(tiny_path(TINY_SAM))
+    elif is_hub_id(spec):  # a hub repository holding a SAM directory (config.json + model.safetensors)
+        source = locate("segmenter", spec, [], revision=revision)
+        path, commit = source.ref, source.commit
+    else:
+        path = spec
+    if revision and not commit:
+        raise ModelLoadError("unknown_revision", "segmenter", spec, f"revision {revision!r} given for a local SAM")
     sam, generator_kwargs, weights_random = load_segment_anything(path, device)
     if weights_random:
         loud_notice(f"{spec}: SAM with RANDOM WEIGHTS (tiny offline model); its masks are not segmentations.")
-    return SegmentAnythingSegmenter(
+    segmenter = SegmentAnythingSegmenter(
         sam, cache, name=spec, weights_random=weights_random, generator_kwargs=generator_kwargs
     )
+    segmenter.commit = commit
+    return segmenter

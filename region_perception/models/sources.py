@@ -6,9 +6,13 @@ random weights, and the error must tell "no such path" from "no such hub reposit
 
 - a local path (absolute, ``./``/``../``/``~``, more than one separator, or anything that
   exists) is never looked up on the hub;
-- an ``owner/name`` id is looked for in the huggingface_hub cache first; only when it is not
-  there is the hub asked, and only if it can be reached (``HF_HUB_OFFLINE`` or no
-  connection: ``no_network``); a reachable hub without the repository: ``not_found_hub``;
+- an ``owner/name`` id (at ``revision``: a branch, tag or commit) is looked for in the
+  huggingface_hub cache first; only when it is not completely there is the hub asked, and
+  only if it can be reached (``HF_HUB_OFFLINE`` or no connection: ``no_network``, "partly
+  cached" when some files are there); the files are then downloaded into the cache
+  (``fetch.py``) and loaded from there: a reachable hub without the repository is
+  ``not_found_hub``, without the revision ``unknown_revision``, answering 5xx ``hub_error``,
+  a download cut twice ``download_failed``;
 - anything else is an unknown name (with the registry's closest names as suggestions).
 """
 
@@ -29,6 +33,9 @@ REASONS = (
     "unreadable_checkpoint",
     "unknown_architecture",
     "unknown_name",
+    "unknown_revision",
+    "hub_error",
+    "download_failed",
 )
 REASON_TEXT = {
     "not_found_local": "not found locally",
@@ -37,6 +44,9 @@ REASON_TEXT = {
     "unreadable_checkpoint": "unreadable checkpoint",
     "unknown_architecture": "unknown architecture",
     "unknown_name": "unknown name",
+    "unknown_revision": "unknown revision",
+    "hub_error": "hub error",
+    "download_failed": "download failed",
 }
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
 
@@ -121,12 +131,14 @@ def hub_cached(repo_id: str, filename: str = "config.json") -> str | None:
 
 @dataclass(frozen=True)
 class Source:
-    """A resolved model: a local directory or a hub id (cached or downloadable now)."""
+    """A resolved model: a local directory (a hub id's is its cached snapshot) or a hub id."""
 
     what: str  # "model", "segmenter", "snap model": for messages
     name: str  # as the user wrote it
     ref: str  # the directory or the hub id handed to from_pretrained
     on_hub: bool
+    commit: str = ""  # a hub id's: the commit its snapshot holds (what a pinned revision resolved to)
+    revision: str = ""  # a hub id's: the revision asked for ("" = main)
 
     def error(self, reason: str, detail: str) -> ModelLoadError:
         return ModelLoadError(reason, self.what, self.name, detail)
@@ -144,11 +156,14 @@ def unknown_name(what: str, name: str, known: list[str], hint: str = "") -> Mode
     )
 
 
-def locate(what: str, name: str, known: list[str], *, hint: str = "", need: str = "config.json") -> Source:
-    """Resolve ``name`` to a local directory or an available hub id, or ModelLoadError.
+def locate(
+    what: str, name: str, known: list[str], *, hint: str = "", need: str = "config.json", revision: str = ""
+) -> Source:
+    """Resolve ``name`` to a local directory, or ModelLoadError; a hub id becomes its snapshot directory.
 
     ``need`` is the file a model directory must have; the hub is asked only for an
-    ``owner/name`` id that is not cached, and only when it can be reached.
+    ``owner/name`` id whose ``revision`` is not completely cached, and only when it can be reached.
+    ``revision`` applies to hub ids only (a local path has none: asking for one is an error).
     """
     if not name:
         raise ModelLoadError("unknown_name", what, name, "no model named (empty string)")
@@ -167,32 +182,17 @@ def locate(what: str, name: str, known: list[str], *, hint: str = "", need: str 
             )
         if need and not (path / need).is_file():
             raise ModelLoadError("unreadable_checkpoint", what, name, f"directory {path} has no {need}")
+        if revision:
+            raise ModelLoadError(
+                "unknown_revision", what, name, f"revision {revision!r} given for a local directory (hub ids only)"
+            )
         return Source(what, name, str(path), on_hub=False)
     if not is_hub_id(name):
         raise unknown_name(what, name, known, hint)
-    if hub_cached(name, need or "config.json"):
-        return Source(what, name, name, on_hub=True)
-    if not hub_reachable():
-        raise ModelLoadError(
-            "no_network",
-            what,
-            name,
-            f"not in the local cache and the hub {hub_endpoint()} cannot be reached; "
-            f"tried: no local directory {name}, the huggingface_hub cache, the hub",
-        )
-    try:
-        exists = hub_repo_exists(name)
-    except Exception as exc:
-        detail = f"asking the hub {hub_endpoint()} failed: {one_line(exc)}"
-        raise ModelLoadError("no_network", what, name, detail) from exc
-    if not exists:
-        raise ModelLoadError(
-            "not_found_hub",
-            what,
-            name,
-            f"the hub {hub_endpoint()} has no model repository {name} (or it is private; and it is not a local path)",
-        )
-    return Source(what, name, name, on_hub=True)
+    from .fetch import fetch
+
+    fetched = fetch(what, name, revision, need=need)
+    return Source(what, name, str(fetched.path), on_hub=False, commit=fetched.commit, revision=fetched.revision)
 
 
 def read_config(source: Source) -> dict[str, Any]:

