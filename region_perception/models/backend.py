@@ -17,6 +17,12 @@ import torch.nn.functional as F
 
 from ..timing import Timings
 
+# The instruction a model trained on referring expressions of their own is given before a sentence is
+# scored as its answer (REFER's proposal route, comprehension). Only models whose region_perception.json
+# says ``"refer_prompt": true`` (written by ``region-perception train`` with the refer task) use it;
+# released checkpoints score the sentence as the region's caption, as RegionVLM's evaluation does.
+REFER_INSTRUCTION = "Give a referring expression for {target}."
+
 
 @dataclass(frozen=True)
 class RegionCue:
@@ -104,12 +110,13 @@ def score_cue_rows(
     *,
     batch_size: int = 32,
     timings: Timings | None = None,
+    task: str = "caption",
 ) -> np.ndarray:
     """``score_regions`` for backends whose rows are encoded once per cue (``encode_cues``) and then
     scored per text (``rows_loss``): one text for every cue, or one text each."""
     if isinstance(texts, str):
         texts = [texts] * len(cues)
-    rows = backend.encode_cues(features, cues, batch_size=batch_size, timings=timings)
+    rows = backend.encode_cues(features, cues, batch_size=batch_size, timings=timings, task=task)
     return backend.rows_loss(rows, texts, timings=timings)
 
 

@@ -17,9 +17,14 @@ import numpy as np
 import torch
 
 from ..timing import Timings
-from .backend import RegionCue, row_mean_losses, score_cue_rows
+from .backend import REFER_INSTRUCTION, RegionCue, row_mean_losses, score_cue_rows
 
 _LOC = re.compile(r"<loc_\d+>")
+
+
+def refer_prompt(box_tokens: str) -> str:
+    """For models trained with it (``refer_prompt``): the instruction a referring sentence answers."""
+    return REFER_INSTRUCTION.format(target="the region") + box_tokens
 
 
 def box_to_location_tokens(processor, box_px: Sequence[float], image_size: tuple[int, int]) -> str:
@@ -54,6 +59,7 @@ class Florence2Region:
     uses_point_draws = False  # a box is deterministic: one draw per proposal
     answers_questions = False  # Florence-2 has task prompts, not free questions
     region_aware = True
+    refer_prompt = False  # True: score sentences after REFER_INSTRUCTION (set by the loader from the model's files)
 
     def __init__(self, model, processor, *, name: str, device: torch.device, weights_random: bool) -> None:
         self.model = model.eval()
@@ -186,14 +192,20 @@ class Florence2Region:
 
     @torch.inference_mode()
     def encode_cues(
-        self, features: dict, cues: Sequence[RegionCue], *, batch_size: int = 32, timings: Timings | None = None
+        self, features: dict, cues: Sequence[RegionCue], *, batch_size: int = 32, timings: Timings | None = None,
+        task: str = "refer",
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The text-independent part of scoring: each region's prompt through the encoder."""
+        """The text-independent part of scoring: each region's prompt through the encoder.
+
+        ``task`` refer uses the referring instruction where the model was trained with it, else the
+        description prompt (the released model's only region-to-text prompt)."""
         timings = timings or Timings()
         encoder = self.model.model.language_model.encoder
         chunks = []
+        refer = task == "refer" and self.refer_prompt
         for start in range(0, len(cues), batch_size):
-            prompts = [self._describe_prompt(c, features) for c in cues[start : start + batch_size]]
+            prompts = [refer_prompt(self._box_tokens(c, features["image_size"])) if refer
+                       else self._describe_prompt(c, features) for c in cues[start : start + batch_size]]
             with timings.section("lm_encode"):
                 embeds, mask = self._embeds(features, prompts)
                 hidden = encoder(inputs_embeds=embeds, attention_mask=mask, return_dict=True).last_hidden_state
@@ -235,7 +247,7 @@ class Florence2Region:
         timings: Timings | None = None,
     ) -> np.ndarray:
         """Loss of each text as the ``<REGION_TO_DESCRIPTION>`` answer for each region."""
-        return score_cue_rows(self, features, cues, texts, batch_size=batch_size, timings=timings)
+        return score_cue_rows(self, features, cues, texts, batch_size=batch_size, timings=timings, task="caption")
 
     @torch.inference_mode()
     def reference_row_loss(self, image_rgb: np.ndarray, cue: RegionCue, text: str) -> float:

@@ -123,9 +123,9 @@ def _florence2_class() -> type:
 
 
 def _instructblip_class() -> type:
-    from transformers import InstructBlipForConditionalGeneration
+    from .regionvlm_model import RegionVLMForConditionalGeneration  # InstructBLIP (+ the toy's conv stem)
 
-    return InstructBlipForConditionalGeneration
+    return RegionVLMForConditionalGeneration
 
 
 def _wrap_florence2(model, processor, *, name: str, device: torch.device, weights_random: bool, path: Path | None):
@@ -237,6 +237,7 @@ def _load_one(name: str, device: torch.device, dtype: torch.dtype, trust_remote_
         )
         wrapped.trained_note = _trained_note(local)
         wrapped.commit, wrapped.revision = source.commit, source.revision  # what a hub id resolved to
+        wrapped.refer_prompt = bool(_meta(local).get("refer_prompt", False))  # trained with REFER_INSTRUCTION
         return wrapped
     except (ModelLoadError, torch.cuda.OutOfMemoryError):
         raise
@@ -244,16 +245,22 @@ def _load_one(name: str, device: torch.device, dtype: torch.dtype, trust_remote_
         raise source.error("unreadable_checkpoint", f"wrapping the loaded model failed: {one_line(exc)}") from exc
 
 
-def _trained_note(local: Path | None) -> str:
-    """What a directory written by `region-perception train` says it learnt from (e.g. "toy model trained
-    on synthetic shapes"); every result of the model carries it. "" for any other model."""
+def _meta(local: Path | None) -> dict:
+    """A local model's ``region_perception.json`` (what this package's own tools wrote beside the weights)."""
     meta = local / "region_perception.json" if local is not None else None
     if meta is None or not meta.is_file():
-        return ""
+        return {}
     try:
         info = json.loads(meta.read_text())
     except ValueError:
-        return ""
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _trained_note(local: Path | None) -> str:
+    """What a directory written by `region-perception train` says it learnt from (e.g. "toy model trained
+    on synthetic shapes"); every result of the model carries it. "" for any other model."""
+    info = _meta(local)
     return str(info.get("note", "")) if info.get("trained") else ""
 
 

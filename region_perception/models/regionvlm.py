@@ -21,7 +21,7 @@ import torch
 
 from ..region_text import multi_region_prompt
 from ..timing import Timings
-from .backend import RegionCue, row_mean_losses
+from .backend import REFER_INSTRUCTION, RegionCue, row_mean_losses
 
 
 @dataclass
@@ -40,6 +40,7 @@ class RegionVLMModel:
 
     uses_point_draws = True
     answers_questions = True
+    refer_prompt = False  # True: score sentences after REFER_INSTRUCTION (set by the loader from the model's files)
 
     def __init__(
         self, model, processor, *, name: str, device: torch.device, weights_random: bool, trained_on_points: bool
@@ -232,11 +233,13 @@ class RegionVLMModel:
         *,
         batch_size: int = 32,
         timings: Timings | None = None,
+        prompt: str = "",
     ) -> list[torch.Tensor]:
         """The part of scoring that does not depend on the text: Q-Former and LM encoder.
 
         One tensor per batch of rows: the T5 encoder's output (or, for a decoder-only LM,
-        its input embeddings). Several sentences on the same rows reuse it.
+        its input embeddings). Several sentences on the same rows reuse it. ``prompt``
+        follows the region tokens (empty: the caption prompt).
         """
         timings = timings or Timings()
         chunks = []
@@ -245,7 +248,7 @@ class RegionVLMModel:
             with timings.section("qformer"):
                 tokens = self.region_tokens(features, chunk)
             with timings.section("lm_encode"):
-                prefix = self._prompt_embeds(tokens[:1], ["", ""])  # layout of one row
+                prefix = self._prompt_embeds(tokens[:1], ["", prompt])  # layout of one row
                 embeds = prefix.expand(len(chunk), -1, -1).clone()
                 embeds[:, : self.num_query_tokens] = tokens.to(embeds.dtype)  # the image slots lead the row
                 if self._is_t5():
@@ -358,9 +361,15 @@ class RegionVLMModel:
     ) -> np.ndarray:
         return self.score_texts(features, [c.points_text for c in cues], texts, batch_size=batch_size, timings=timings)
 
-    def encode_cues(self, features: ImageFeatures, cues, *, batch_size: int = 32, timings: Timings | None = None):
-        """Text-independent part of :meth:`score_regions`, for several sentences on one frame."""
-        return self.encode_rows(features, [c.points_text for c in cues], batch_size=batch_size, timings=timings)
+    def encode_cues(
+        self, features: ImageFeatures, cues, *, batch_size: int = 32, timings: Timings | None = None,
+        task: str = "refer",
+    ):
+        """Text-independent part of scoring, for several sentences on one frame (``task``: refer or caption)."""
+        prompt = refer_prompt() if task == "refer" and self.refer_prompt else ""
+        return self.encode_rows(
+            features, [c.points_text for c in cues], batch_size=batch_size, timings=timings, prompt=prompt
+        )
 
     def reference_row_loss(self, image_rgb: np.ndarray, cue: RegionCue, text: str) -> float:
         """:meth:`reference_loss` for a cue (the benchmark's reference procedure)."""
@@ -368,6 +377,11 @@ class RegionVLMModel:
 
     def refer_native(self, features, text: str, image_size, *, timings: Timings | None = None):
         return None  # RegionVLM refers by scoring proposals
+
+
+def refer_prompt() -> str:
+    """The instruction before a referring sentence, for models trained with it (``refer_prompt``)."""
+    return REFER_INSTRUCTION.format(target="this region")
 
 
 def _category_prompt(labels_hint: str) -> str:

@@ -41,6 +41,10 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--device", default="auto", help="auto (CUDA when present) or cpu")
     p.add_argument("--sizes", help='toy bases: size overrides as JSON, e.g. \'{"lm_layers": 3}\'')
+    p.add_argument("--stage", choices=("vision", "region"), default="region",
+                   help="region (stage 1, default): the region pathway with the backend's recipe; vision (stage "
+                        "0): pre-train the vision tower on dense per-cell and mask-pooled labels (COCO masks and "
+                        "their attributes); a stage-1 run on its output then freezes the tower")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--json", action="store_true", help="the summary as one JSON object on stdout")
     p.set_defaults(func=run)
@@ -62,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed, resume=args.resume,
         overwrite=args.overwrite, split=args.split, val_split=args.val_split, eval_limit=args.eval_limit,
-        save_every=args.save_every, device=args.device, sizes=sizes, progress=args.progress,
+        save_every=args.save_every, device=args.device, sizes=sizes, progress=args.progress, stage=args.stage,
     )
     try:
         summary = train(cfg)

@@ -25,6 +25,7 @@ import torch
 
 from .examples import ExampleSampler, check_tasks
 from .recipes import get_recipe, select_trainable
+from .vision import STAGE0_META
 
 CHECKPOINTS = "checkpoints"
 # what each training task is measured by at the end (harness task, options)
@@ -33,6 +34,10 @@ EVAL_OF_TASK: dict[str, list[tuple[str, dict]]] = {
     "classify": [("classify", {"region": "box"}), ("classify", {"region": "mask"})],
     "refer": [("comprehension", {"candidates": "gt"}), ("refer", {"route": "proposals"})],
 }
+
+
+# "vision": stage 0, the vision tower on dense labels (training/vision.py); "region": stage 1, the region pathway
+STAGES = ("vision", "region")
 
 
 class TrainError(ValueError):
@@ -64,6 +69,7 @@ class TrainConfig:
     device: str = "auto"
     sizes: dict = field(default_factory=dict)  # toy bases: size overrides for the builder
     progress: bool = True
+    stage: str = "region"  # one of STAGES
 
 
 # ---------------------------------------------------------------- checks before anything is written
@@ -71,9 +77,19 @@ class TrainConfig:
 
 def check_inputs(cfg: TrainConfig):
     """Validate everything cheap to validate; returns (train dataset, sampler). Nothing is written."""
+    tasks = check_tasks(cfg.tasks)
+    dataset = check_dataset(cfg)
+    try:
+        sampler = ExampleSampler(dataset, tasks)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    return dataset, sampler
+
+
+def check_dataset(cfg: TrainConfig):
+    """The output directory, the schedule and the training split checked; the split loaded. Nothing is written."""
     from ..datasets import load_dataset
 
-    tasks = check_tasks(cfg.tasks)
     out = Path(cfg.out)
     if out.exists() and not out.is_dir():
         raise TrainError(f"--out {out} exists and is not a directory")
@@ -98,11 +114,7 @@ def check_inputs(cfg: TrainConfig):
     missing = [i.path for i in dataset.images.values() if not i.path.is_file()]
     if missing:
         raise TrainError(f"--data {cfg.data} ({cfg.split}): {len(missing)} image(s) missing, e.g. {missing[0]}")
-    try:
-        sampler = ExampleSampler(dataset, tasks)
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
-    return dataset, sampler
+    return dataset
 
 
 # ---------------------------------------------------------------- the base model
@@ -179,14 +191,8 @@ def _progress(total: int, initial: int, enabled: bool):
                 disable=not enabled)
 
 
-def train(cfg: TrainConfig) -> dict:
-    """Train ``cfg.model`` on ``cfg.data``; writes OUT (weights, processor, model card); returns the summary."""
-    from accelerate import Accelerator
-    from accelerate.utils import set_seed
-    from transformers import get_cosine_schedule_with_warmup
-
-    _, sampler = check_inputs(cfg)
-    out = Path(cfg.out)
+def _load_base(cfg: TrainConfig):
+    """(backend, recipe, model, processor, base metadata, weights random) of ``cfg.model``, on the CPU."""
     with tempfile.TemporaryDirectory(prefix="rp-train-") as tmp:
         # every rank builds the same toy base from the same seed (no shared file system needed); before
         # the process group exists, since save_pretrained writes nothing on a rank other than 0 after
@@ -195,46 +201,74 @@ def train(cfg: TrainConfig) -> dict:
         model, processor = recipe.load(base_path, torch.device("cpu"))
         base_meta = Path(base_path) / "region_perception.json"
         meta = json.loads(base_meta.read_text()) if base_meta.is_file() else {}
+    return backend, recipe, model, processor, meta, base_random
+
+
+def _accelerator(cfg: TrainConfig):
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
     cpu = cfg.device == "cpu" or not torch.cuda.is_available()
     mixed = "no" if cpu else ("bf16" if torch.cuda.is_bf16_supported() else "fp16")
     accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, mixed_precision=mixed, cpu=cpu)
-    rank, world = accelerator.process_index, accelerator.num_processes
     set_seed(cfg.seed)
+    out = Path(cfg.out)
     if accelerator.is_main_process:
         if out.is_dir() and cfg.overwrite:
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
     accelerator.wait_for_everyone()
-    groups = recipe.parameter_groups(model)
-    train_groups = list(cfg.train) if cfg.train else (list(groups) if base_random else list(recipe.default_train))
-    try:
-        trained = select_trainable(model, groups, train_groups)
-    except ValueError as exc:
-        raise TrainError(str(exc)) from None
-    if not trained:
-        raise TrainError(f"--train {','.join(train_groups)}: no parameters to train")
-    steps = total_steps(cfg, len(sampler.rows), world)
+    return accelerator, mixed
+
+
+def default_groups(recipe, groups: dict, base_random: bool, meta: dict) -> list[str]:
+    """What stage 1 trains when ``--train`` is not given: the paper's groups for a trained base; every group of
+    a random base, except a tower that stage 0 pre-trained (frozen, as the real recipes freeze theirs)."""
+    if not base_random:
+        return list(recipe.default_train)
+    if meta.get(STAGE0_META):
+        return [g for g in groups if g != "vision"]
+    return list(groups)
+
+
+@dataclass
+class _Loop:
+    """What one run of the optimisation loop produced."""
+
+    wrapper: Any
+    losses: list[float]
+    first_loss: float | None
+    start: int
+    warmup: int
+    seconds: float
+
+
+def _optimise(cfg: TrainConfig, accelerator, module: torch.nn.Module, params: list, steps: int, make_batch,
+              label: str) -> _Loop:
+    """AdamW + cosine with warm-up over ``module`` (its forward returns the loss); checkpoints and --resume.
+
+    ``make_batch(unwrapped_module, rng)`` draws one micro-batch; each rank's draws are seeded by seed, rank,
+    step and micro-step, so a resumed run draws what the interrupted one would have.
+    """
+    from transformers import get_cosine_schedule_with_warmup
+
+    out = Path(cfg.out)
+    rank = accelerator.process_index
     warmup = math.ceil(cfg.warmup_ratio * steps)
-    params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     # stepped by hand once per optimizer step (Accelerate's wrapper would step it once per process)
     scheduler = get_cosine_schedule_with_warmup(optimizer, warmup, steps)
-    wrapper, optimizer = accelerator.prepare(_LossModule(model, recipe), optimizer)
+    wrapper, optimizer = accelerator.prepare(module, optimizer)
     accelerator.register_for_checkpointing(scheduler)
-
     start = 0
     if cfg.resume:
         ckpt = _latest_checkpoint(out)
         if ckpt is not None:
             accelerator.load_state(str(ckpt))
             start = int(json.loads((ckpt / "trainer_state.json").read_text())["step"])
-    save_every = cfg.save_every or max(1, steps // 5)
-    n_trainable = sum(p.numel() for p in params)
     if accelerator.is_main_process:
-        print(f"train: {cfg.model} ({backend}) on {cfg.data} [{','.join(sampler.tasks)}]: {steps} steps x "
-              f"{cfg.batch_size} rows x {cfg.grad_accum} accum x {world} process(es); training "
-              f"{','.join(train_groups)} ({n_trainable / 1e6:.2f}M parameters); device {accelerator.device}"
-              + (f"; resumed at step {start}" if start else ""), file=sys.stderr)
+        print(label + (f"; resumed at step {start}" if start else ""), file=sys.stderr)
+    save_every = cfg.save_every or max(1, steps // 5)
     losses: list[float] = []
     first_loss: float | None = None
     bar = _progress(steps, start, cfg.progress and accelerator.is_main_process)
@@ -245,8 +279,7 @@ def train(cfg: TrainConfig) -> dict:
         step_loss = 0.0
         for micro in range(cfg.grad_accum):
             rng = np.random.default_rng([cfg.seed, rank, step, micro])
-            batch = _to(recipe.build_batch(accelerator.unwrap_model(wrapper).model, processor,
-                                           sampler.draw(cfg.batch_size, rng)), accelerator.device)
+            batch = _to(make_batch(accelerator.unwrap_model(wrapper), rng), accelerator.device)
             with accelerator.accumulate(wrapper):
                 with accelerator.autocast():
                     loss = wrapper(batch)
@@ -256,38 +289,82 @@ def train(cfg: TrainConfig) -> dict:
                 optimizer.step()
                 optimizer.zero_grad()
             step_loss += float(loss.detach()) / cfg.grad_accum
-            rows_done += cfg.batch_size * world
+            rows_done += cfg.batch_size * accelerator.num_processes
         scheduler.step()
         step_loss = float(accelerator.reduce(torch.tensor(step_loss, device=accelerator.device), "mean"))
         if first_loss is None:
             first_loss = step_loss
         losses.append(step_loss)
-        rate = rows_done / max(time.perf_counter() - t0, 1e-9)
+        elapsed = max(time.perf_counter() - t0, 1e-9)
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}",
-                        rows_s=f"{rate:.1f}")
+                        rows_s=f"{rows_done / elapsed:.1f}", s_step=f"{elapsed / (step + 1 - start):.3f}")
         bar.update(1)
         done = step + 1
         if done % save_every == 0 and done < steps:
             _checkpoint(accelerator, out, done)
     bar.close()
-    train_s = time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
     accelerator.wait_for_everyone()
+    return _Loop(wrapper, losses, first_loss, start, warmup, seconds)
 
-    base_model = accelerator.unwrap_model(wrapper).model
-    summary: dict[str, Any] = {
-        "model": cfg.model, "backend": backend, "data": str(cfg.data), "tasks": sampler.tasks,
-        "train_groups": train_groups, "trainable_parameters": n_trainable, "steps": steps, "resumed_at": start,
-        "world_size": world, "batch_size": cfg.batch_size, "grad_accum": cfg.grad_accum, "lr": cfg.lr,
-        "warmup_steps": warmup, "seed": cfg.seed, "first_loss": first_loss,
-        "final_loss": float(np.mean(losses[-20:])) if losses else None, "train_seconds": round(train_s, 1),
-        "device": str(accelerator.device), "mixed_precision": mixed,
+
+def _summary(cfg: TrainConfig, backend: str, tasks: list[str], train_groups: list[str], n_trainable: int,
+             steps: int, loop: _Loop, accelerator, mixed: str) -> dict[str, Any]:
+    done = max(steps - loop.start, 1)
+    return {
+        "model": cfg.model, "backend": backend, "stage": cfg.stage, "data": str(cfg.data), "tasks": tasks,
+        "train_groups": train_groups, "trainable_parameters": n_trainable, "steps": steps,
+        "resumed_at": loop.start, "world_size": accelerator.num_processes, "batch_size": cfg.batch_size,
+        "grad_accum": cfg.grad_accum, "lr": cfg.lr, "warmup_steps": loop.warmup, "seed": cfg.seed,
+        "first_loss": loop.first_loss,
+        "final_loss": float(np.mean(loop.losses[-20:])) if loop.losses else None,
+        "train_seconds": round(loop.seconds, 1), "seconds_per_step": round(loop.seconds / done, 4),
+        "threads": torch.get_num_threads(), "device": str(accelerator.device), "mixed_precision": mixed,
     }
+
+
+def train(cfg: TrainConfig) -> dict:
+    """Train ``cfg.model`` on ``cfg.data``; writes OUT (weights, processor, model card); returns the summary.
+
+    ``cfg.stage`` "region" (stage 1, the default) trains the region pathway with the backend's recipe;
+    "vision" (stage 0) pre-trains the vision tower with dense supervision (:mod:`.vision`).
+    """
+    if cfg.stage not in STAGES:
+        raise TrainError(f"--stage {cfg.stage!r}: expected one of {', '.join(STAGES)}")
+    if cfg.stage == "vision":
+        return train_vision(cfg)
+    _, sampler = check_inputs(cfg)
+    out = Path(cfg.out)
+    backend, recipe, model, processor, meta, base_random = _load_base(cfg)
+    accelerator, mixed = _accelerator(cfg)
+    rank, world = accelerator.process_index, accelerator.num_processes
+    groups = recipe.parameter_groups(model)
+    train_groups = list(cfg.train) if cfg.train else default_groups(recipe, groups, base_random, meta)
+    try:
+        trained = select_trainable(model, groups, train_groups)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    if not trained:
+        raise TrainError(f"--train {','.join(train_groups)}: no parameters to train")
+    steps = total_steps(cfg, len(sampler.rows), world)
+    params = [p for p in model.parameters() if p.requires_grad]
+    n_trainable = sum(p.numel() for p in params)
+    label = (f"train: {cfg.model} ({backend}) on {cfg.data} [{','.join(sampler.tasks)}]: {steps} steps x "
+             f"{cfg.batch_size} rows x {cfg.grad_accum} accum x {world} process(es); training "
+             f"{','.join(train_groups)} ({n_trainable / 1e6:.2f}M parameters); device {accelerator.device}, "
+             f"{torch.get_num_threads()} thread(s)")
+    loop = _optimise(cfg, accelerator, _LossModule(model, recipe), params, steps,
+                     lambda m, rng: recipe.build_batch(m.model, processor, sampler.draw(cfg.batch_size, rng)), label)
+    base_model = accelerator.unwrap_model(loop.wrapper).model
+    summary = _summary(cfg, backend, sampler.tasks, train_groups, n_trainable, steps, loop, accelerator, mixed)
     if accelerator.is_main_process:
         base_model.eval()
         recipe.save(base_model, processor, out)
         saved = out / "region_perception.json"  # what the recipe wrote (e.g. refinement_trained) wins
         meta.update(json.loads(saved.read_text()) if saved.is_file() else {})
         meta.pop("weights_random", None)
+        if "refer" in sampler.tasks:  # referring sentences were trained after their own instruction
+            meta["refer_prompt"] = True
         (out / "region_perception.json").write_text(json.dumps(meta, indent=1))
         _mark_trained(out, cfg, sampler.dataset, steps, None)
     accelerator.wait_for_everyone()
@@ -296,13 +373,94 @@ def train(cfg: TrainConfig) -> dict:
         summary["metrics"] = evaluate_out(out, cfg.data, cfg.val_split, sampler.tasks, limit=cfg.eval_limit,
                                           device=str(accelerator.device), progress=cfg.progress,
                                           rank_world=(rank, world))
+    _finish(cfg, accelerator, out, summary, meta,
+            lambda: _mark_trained(out, cfg, sampler.dataset, steps, summary.get("metrics")))
+    return summary
+
+
+def _finish(cfg: TrainConfig, accelerator, out: Path, summary: dict, meta: dict, mark) -> None:
+    """training.json, the model card, no checkpoints left; on the main process."""
     if accelerator.is_main_process:
-        _mark_trained(out, cfg, sampler.dataset, steps, summary.get("metrics"))
+        mark()
         (out / "training.json").write_text(json.dumps({"config": _jsonable(asdict(cfg)), **summary}, indent=1))
-        write_model_card(out, summary)
+        write_model_card(out, summary, json.loads((out / "region_perception.json").read_text())
+                         if (out / "region_perception.json").is_file() else meta)
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.end_training()
+
+
+def train_vision(cfg: TrainConfig) -> dict:
+    """Stage 0: the tower and linear heads on dense per-cell and mask-pooled labels; the heads are not kept."""
+    from .vision import (
+        VisionHeads,
+        VisionSampler,
+        VisionStage,
+        collate,
+        grid_shape,
+        label_spaces,
+        mark_stage0,
+        probe_accuracy,
+    )
+
+    dataset = check_dataset(cfg)
+    out = Path(cfg.out)
+    backend, recipe, model, processor, meta, base_random = _load_base(cfg)
+    groups = recipe.parameter_groups(model)
+    if "vision" not in groups or not hasattr(recipe, "vision_grid"):
+        raise TrainError(f"--stage vision: the {backend} recipe has no vision tower to pre-train")
+    spaces = label_spaces(dataset)
+    try:
+        sampler = VisionSampler(dataset, spaces, 1, pad_square=recipe.pad_square)
+        channels, grid = grid_shape(recipe, model, processor, sampler.item(sampler.image_ids[0])[0])
+    except ValueError as exc:
+        raise TrainError(f"--data {cfg.data}: {exc}") from None
+    sampler = VisionSampler(dataset, spaces, grid, pad_square=recipe.pad_square)
+    torch.manual_seed(cfg.seed)
+    heads = VisionHeads(channels, spaces)
+    accelerator, mixed = _accelerator(cfg)
+    train_groups = list(cfg.train) if cfg.train else ["vision"]
+    try:
+        select_trainable(model, groups, train_groups)
+    except ValueError as exc:
+        raise TrainError(str(exc)) from None
+    params = [p for p in model.parameters() if p.requires_grad] + list(heads.parameters())
+    n_trainable = sum(p.numel() for p in params)
+    steps = total_steps(cfg, len(sampler.image_ids), accelerator.num_processes)
+    label = (f"train --stage vision: {cfg.model} ({backend}) on {cfg.data}: {steps} steps x {cfg.batch_size} images "
+             f"x {cfg.grad_accum} accum x {accelerator.num_processes} process(es); {grid}x{grid} grid of {channels}; "
+             f"heads {', '.join(f'{k} ({len(v)})' for k, v in spaces.items())}; {n_trainable / 1e6:.2f}M parameters; "
+             f"device {accelerator.device}, {torch.get_num_threads()} thread(s)")
+    loop = _optimise(cfg, accelerator, VisionStage(model, recipe, heads), params, steps,
+                     lambda m, rng: collate(recipe, processor, sampler.draw(cfg.batch_size, rng), spaces), label)
+    stage = accelerator.unwrap_model(loop.wrapper)
+    summary = _summary(cfg, backend, [], train_groups, n_trainable, steps, loop, accelerator, mixed)
+    summary["grid"] = grid
+    summary["label_spaces"] = {k: len(v) for k, v in spaces.items()}
+    if cfg.eval_limit != 0:
+        from ..datasets import load_dataset
+
+        try:
+            val = load_dataset(cfg.data, cfg.val_split)
+        except (OSError, ValueError):
+            val = None
+        if val is not None and val.samples:
+            val_sampler = VisionSampler(val, spaces, grid, pad_square=recipe.pad_square)
+            if cfg.eval_limit:
+                val_sampler.image_ids = val_sampler.image_ids[: cfg.eval_limit]
+            summary["probe"] = probe_accuracy(stage, processor, val_sampler, device=accelerator.device)
+    if accelerator.is_main_process:
+        stage.model.eval()
+        recipe.save(stage.model, processor, out)
+        saved = out / "region_perception.json"
+        meta.update(json.loads(saved.read_text()) if saved.is_file() else {})
+        (out / "region_perception.json").write_text(json.dumps(meta, indent=1))
+        if base_random:
+            from ..models.tiny import RANDOM_WEIGHTS_MARKER
+
+            (out / RANDOM_WEIGHTS_MARKER).write_text("random\n")
+    _finish(cfg, accelerator, out, summary, meta,
+            lambda: mark_stage0(out, data=str(cfg.data), steps=steps, probe=summary.get("probe", {})))
     return summary
 
 
@@ -386,22 +544,43 @@ def _headline(task: str, s: dict) -> dict:
     return out
 
 
-def write_model_card(out: Path, summary: dict) -> None:
-    """README.md in OUT: what the weights are, what they learnt from, and how well they answer."""
+def write_model_card(out: Path, summary: dict, meta: dict | None = None) -> None:
+    """README.md in OUT: what the weights are, what they learnt from, how they were made, and how well they answer."""
+    meta = meta or {}
+    stage = summary.get("stage", "region")
+    what = "pre-trained the vision tower (stage 0)" if stage == "vision" else "trained the region pathway"
     lines = [
         f"# {Path(out).name}", "",
-        f"Trained with `region-perception train` from **{summary['model']}** ({summary['backend']} backend).", "",
+        f"`region-perception train --stage {stage}` {what} of **{summary['model']}** ({summary['backend']} backend).",
+        "",
+    ]
+    if meta.get("note"):
+        lines += [f"**{meta['note']}**" + (": it knows only the synthetic world's coloured shapes (4 shapes, 6 "
+                                          "colours, 3 sizes on plain or textured backgrounds), nothing of real "
+                                          "images." if "synthetic" in str(meta["note"]) else "."), ""]
+    lines += [
         "| | |", "|---|---|",
         f"| data | `{summary['data']}` |",
-        f"| tasks | {', '.join(summary['tasks'])} |",
+        f"| tasks | {', '.join(summary['tasks']) or '-'} |",
         f"| trained groups | {', '.join(summary['train_groups'])} ({summary['trainable_parameters'] / 1e6:.2f}M "
         "parameters) |",
         f"| steps | {summary['steps']} x {summary['batch_size']} rows x {summary['grad_accum']} accum x "
-        f"{summary['world_size']} process(es), lr {summary['lr']}, cosine, {summary['warmup_steps']} warm-up |",
+        f"{summary['world_size']} process(es), lr {summary['lr']}, cosine, {summary['warmup_steps']} warm-up, "
+        f"seed {summary['seed']} |",
         f"| loss | {summary['first_loss']:.4f} -> {summary['final_loss']:.4f} |",
-        f"| training time | {summary['train_seconds']} s on {summary['device']} |",
-        "",
+        f"| training time | {summary['train_seconds']} s ({summary.get('seconds_per_step', '-')} s a step) on "
+        f"{summary['device']}, {summary.get('threads', '-')} thread(s) |",
     ]
+    stage0 = meta.get("stage0") or ({"probe": summary.get("probe")} if summary.get("probe") else None)
+    if stage0:
+        probe = stage0.get("probe") or {}
+        shown = ", ".join(f"{k} {v['accuracy']} % (chance {v['chance']} %)" for k, v in probe.items())
+        lines.append(f"| vision tower (stage 0) | {stage0.get('steps', summary['steps'])} steps on "
+                     f"`{stage0.get('data', summary['data'])}`; mask-pooled linear probe on the val split: "
+                     f"{shown or '-'} |")
+    if meta.get("refer_prompt"):
+        lines.append("| referring sentences | scored after their own instruction (`refer_prompt`) |")
+    lines.append("")
     metrics = summary.get("metrics") or {}
     if metrics:
         lines += ["## Evaluation (val split, `region-perception eval`)", "", "| eval | n | metric | value | chance |",
@@ -413,6 +592,8 @@ def write_model_card(out: Path, summary: dict) -> None:
                 c = m.get("chance", {}).get(k, "") if isinstance(m.get("chance"), dict) else ""
                 lines.append(f"| {name} | {m.get('n')} | {k} | {v} | {c} |")
         lines.append("")
+    if meta.get("how_made"):
+        lines += ["## How it was made", "", meta["how_made"], ""]
     lines += ["Load it like any checkpoint: `region-perception describe IMAGE --points x,y --model DIR`, or the "
               "node with `model:=DIR`.", ""]
     (Path(out) / "README.md").write_text("\n".join(lines))

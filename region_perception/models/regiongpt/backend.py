@@ -47,6 +47,7 @@ class RegionGPTRegion:
     uses_point_draws = False  # a mask is deterministic: one row per proposal
     answers_questions = True
     supports_dialogue = True
+    refer_prompt = False  # True: score sentences after REFER_INSTRUCTION (set by the loader from the model's files)
 
     def __init__(
         self,
@@ -192,10 +193,13 @@ class RegionGPTRegion:
 
     @torch.inference_mode()
     def encode_cues(
-        self, features: dict, cues: Sequence[RegionCue], *, batch_size: int = 32, timings: Timings | None = None
+        self, features: dict, cues: Sequence[RegionCue], *, batch_size: int = 32, timings: Timings | None = None,
+        task: str = "refer",
     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """The text-independent part of scoring: each region's caption prompt embedded (same length)."""
-        text = prompts.caption_prompt(self._n_image(features))
+        """The text-independent part of scoring: each region's prompt embedded (same length): the
+        referring instruction where the model was trained with it (``task`` refer), else the caption's."""
+        n = self._n_image(features)
+        text = prompts.refer_prompt(n) if task == "refer" and self.refer_prompt else prompts.caption_prompt(n)
         return [
             self._prompt_embeds(features, [text] * len(chunk), [[c] for c in chunk])
             for chunk in (cues[s : s + batch_size] for s in range(0, len(cues), batch_size))
@@ -245,7 +249,7 @@ class RegionGPTRegion:
         timings: Timings | None = None,
     ) -> np.ndarray:
         """Loss of each text as the caption of each region."""
-        return score_cue_rows(self, features, cues, texts, batch_size=batch_size, timings=timings)
+        return score_cue_rows(self, features, cues, texts, batch_size=batch_size, timings=timings, task="caption")
 
     @torch.inference_mode()
     def comprehend(

@@ -60,6 +60,13 @@ def caption_prompt(image_tokens: int) -> str:
     return conversation(image_tokens, 1, CAPTION.format(target="Region [0]"))
 
 
+def refer_prompt(image_tokens: int) -> str:
+    """For models trained with it (``refer_prompt``): a referring sentence is scored as this answer."""
+    from ..backend import REFER_INSTRUCTION
+
+    return conversation(image_tokens, 1, REFER_INSTRUCTION.format(target="Region [0]"))
+
+
 def classify_prompt(image_tokens: int, hint: str) -> str:
     return conversation(image_tokens, 1, CLASSIFY.format(target="Region [0]", hint=hint))
 

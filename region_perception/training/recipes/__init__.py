@@ -16,6 +16,9 @@ Contract (see :class:`TrainRecipe`):
 - ``loss(model, batch)`` -> scalar tensor (mean token cross-entropy of the targets). The trainer calls it
   inside the forward of a wrapper module, so under DDP/FSDP any submodule calls here are synchronised.
 - ``save(model, processor, out)``: ``save_pretrained`` (safetensors) of both.
+- Stage 0 (``train --stage vision``, :mod:`..vision`): ``vision_pixels(processor, images)`` -> the
+  tower's input, ``vision_grid(model, pixels)`` -> ``(B, C, G, G)`` the features the region pathway
+  reads, and ``pad_square`` (the backend pads images to a centred square before resizing).
 
 An example (:class:`TrainExample`) is one (image, region, task, target) row that the trainer draws
 from a :class:`~region_perception.datasets.RegionDataset`; the region is given the way a user gives it
@@ -63,6 +66,10 @@ class TrainRecipe(Protocol):
 
     def save(self, model: torch.nn.Module, processor: Any, out) -> None: ...
 
+    def vision_pixels(self, processor: Any, images: Sequence[np.ndarray]) -> torch.Tensor: ...
+
+    def vision_grid(self, model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor: ...
+
 
 def unique_images(examples: Sequence[TrainExample]) -> tuple[torch.Tensor, list[np.ndarray]]:
     """Rows that share an image (same ``image_id``) share one encoding: (row -> image index, the images)."""
@@ -76,6 +83,15 @@ def unique_images(examples: Sequence[TrainExample]) -> tuple[torch.Tensor, list[
             images.append(e.image)
         rows.append(index[key])
     return torch.tensor(rows, dtype=torch.long), images
+
+
+def tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, G*G, C) patch tokens -> (B, C, G, G)."""
+    b, n, c = tokens.shape
+    g = int(round(n**0.5))
+    if g * g != n:
+        raise ValueError(f"{n} patch tokens are not a square grid")
+    return tokens.transpose(1, 2).reshape(b, c, g, g)
 
 
 RECIPES: dict[str, Callable[[], TrainRecipe]] = {}

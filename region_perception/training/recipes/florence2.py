@@ -2,7 +2,7 @@
 
 The processor builds the prompts exactly as at inference (the task token becomes its sentence, the box
 Florence-2's own quantized ``<loc_*>`` tokens); the target is the caption, the category name, or a
-referring sentence scored as the region's description (how REFER's proposal route ranks regions).
+referring sentence after the referring instruction (how REFER's proposal route then ranks regions).
 By default the vision tower stays frozen; the projector and the language model learn.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ...models.florence2 import box_to_location_tokens
+from ...models.florence2 import box_to_location_tokens, refer_prompt
 from . import TrainExample, groups_by_prefix, register, unique_images
 
 
@@ -22,6 +22,8 @@ def task_prompt(processor, example: TrainExample) -> str:
     h, w = example.image.shape[:2]
     x0, y0, x1, y1 = example.cue.box_norm
     box = box_to_location_tokens(processor, (x0 * w, y0 * h, x1 * w, y1 * h), (h, w))
+    if example.task == "refer":  # its own instruction: a description stays a description
+        return refer_prompt(box)
     task = "<REGION_TO_CATEGORY>" if example.task == "classify" else "<REGION_TO_DESCRIPTION>"
     return task + box
 
@@ -29,6 +31,7 @@ def task_prompt(processor, example: TrainExample) -> str:
 class Florence2Recipe:
     backend = "florence2"
     default_train = ("projector", "lm")
+    pad_square = False  # Florence-2's processor resizes to a square
 
     def load(self, name_or_path: str, device: torch.device):
         from transformers import AutoProcessor, Florence2ForConditionalGeneration
@@ -76,6 +79,13 @@ class Florence2Recipe:
     def save(self, model, processor, out: Path) -> None:
         model.save_pretrained(out, safe_serialization=True)
         processor.save_pretrained(out)
+
+    def vision_pixels(self, processor, images) -> torch.Tensor:
+        return processor.image_processor(images=list(images), return_tensors="pt").pixel_values
+
+    def vision_grid(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
+        """DaViT's last stage (B, C, G, G), what the projector turns into image tokens."""
+        return model.model.vision_tower(pixel_values).last_hidden_state
 
 
 register("florence2", Florence2Recipe)

@@ -3,8 +3,8 @@
 The paper trains in two stages: stage 1 the refinement and the projector (vision tower and LLM
 frozen, lr 1e-3, cosine, 3 % warm-up), stage 2 also the LLM (lr 2e-5). ``default_train`` is
 stage 1; :data:`STAGES` has both for the trainer's ``--train``/``--lr``. Each row's prompt is the
-one the engine sends (caption, the classification prompt with its labels hint; a referring
-sentence is trained as the region's caption, which is how REFER's proposal route scores it).
+one the engine sends (caption, the classification prompt with its labels hint, the referring
+instruction for a referring sentence: how REFER's proposal route then scores it).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from ...models.backend import labels_hint
 from ...models.regiongpt import processing_regiongpt as prompts
 from ...models.regiongpt.backend import cue_mask
-from . import TrainExample, groups_by_prefix, register
+from . import TrainExample, groups_by_prefix, register, tokens_to_grid
 
 # stage: (groups trained, learning rate); both with a cosine schedule and 3 % warm-up
 STAGES: dict[str, tuple[tuple[str, ...], float]] = {
@@ -32,6 +32,8 @@ def task_prompt(example: TrainExample, image_tokens: int) -> str:
     """The engine's prompt for this row's task (one region)."""
     if example.task == "classify":
         return prompts.classify_prompt(image_tokens, labels_hint(list(example.labels)))
+    if example.task == "refer":  # its own instruction: a caption stays a caption
+        return prompts.refer_prompt(image_tokens)
     return prompts.caption_prompt(image_tokens)
 
 
@@ -45,6 +47,7 @@ class RegionGPTRecipe:
     backend = "regiongpt"
     default_train = STAGES["1"][0]
     stages = STAGES
+    pad_square = True  # LLaVA-1.5 pads to a centred square before resizing
 
     def load(self, name_or_path: str, device: torch.device):
         from transformers import AutoProcessor
@@ -74,10 +77,8 @@ class RegionGPTRecipe:
 
     def build_batch(self, model, processor, examples: Sequence[TrainExample]) -> dict:
         """Padded-square images, their region masks at the processor's size, prompt + target + </s>."""
-        ip, tok = processor.image_processor, processor.tokenizer
-        fill = [int(round(255 * v)) for v in (getattr(ip, "image_mean", None) or [0.5, 0.5, 0.5])]
-        squares = [prompts.pad_image(e.image, fill) for e in examples]
-        pixels = ip(images=squares, return_tensors="pt").pixel_values
+        tok = processor.tokenizer
+        pixels = self.vision_pixels(processor, [e.image for e in examples])
         side = pixels.shape[-1]
         masks = [torch.from_numpy(prompts.pad_mask(cue_mask(e.cue, e.image.shape[:2])))[None, None] for e in examples]
         region_masks = torch.cat([F.interpolate(m, size=(side, side), mode="area") for m in masks])  # (B, 1, S, S)
@@ -106,6 +107,17 @@ class RegionGPTRecipe:
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         return model(**batch).loss
+
+    def vision_pixels(self, processor, images) -> torch.Tensor:
+        """Each image padded to a centred square with the mean colour, as the engine does, then processed."""
+        ip = processor.image_processor
+        fill = [int(round(255 * v)) for v in (getattr(ip, "image_mean", None) or [0.5, 0.5, 0.5])]
+        return ip(images=[prompts.pad_image(im, fill) for im in images], return_tensors="pt").pixel_values
+
+    def vision_grid(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The tower's layer that RegionGPT refines and pools (``vision_feature_layer``) as a grid."""
+        patches, _ = model.patch_features(pixel_values)
+        return tokens_to_grid(patches)
 
     def save(self, model, processor, out: Path) -> None:
         out = Path(out)

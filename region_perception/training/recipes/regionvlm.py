@@ -2,8 +2,8 @@
 
 As the released LAVIS code: the vision tower and language model stay frozen by default, the Q-Former
 (with its text embeddings and query tokens) and the language projection learn. The prompt of each task
-is the one the engine sends (empty for a caption or a referring sentence, the task-guided category
-question for classify), so what is trained is what is asked at inference.
+is the one the engine sends (empty for a caption, the task-guided category question for classify, the
+referring instruction for a referring sentence), so what is trained is what is asked at inference.
 """
 
 from __future__ import annotations
@@ -14,25 +14,30 @@ from pathlib import Path
 import torch
 
 from ...models.backend import labels_hint
-from ...models.regionvlm import _category_prompt
-from . import TrainExample, groups_by_prefix, register, unique_images
+from ...models.regionvlm import _category_prompt, refer_prompt
+from . import TrainExample, groups_by_prefix, register, tokens_to_grid, unique_images
 
 
 def task_prompt(example: TrainExample) -> str:
     """The engine's prompt for this row's task."""
     if example.task == "classify":
         return _category_prompt(labels_hint(list(example.labels)))
+    if example.task == "refer":  # its own instruction: a caption stays a caption (colour, size, shape)
+        return refer_prompt()
     return ""
 
 
 class RegionVLMRecipe:
     backend = "regionvlm"
     default_train = ("qformer", "projection")
+    pad_square = False  # BLIP's processor resizes to a square
 
     def load(self, name_or_path: str, device: torch.device):
-        from transformers import InstructBlipForConditionalGeneration, InstructBlipProcessor
+        from transformers import InstructBlipProcessor
 
-        model = InstructBlipForConditionalGeneration.from_pretrained(name_or_path, dtype=torch.float32)
+        from ...models.regionvlm_model import RegionVLMForConditionalGeneration
+
+        model = RegionVLMForConditionalGeneration.from_pretrained(name_or_path, dtype=torch.float32)
         return model.to(device).train(), InstructBlipProcessor.from_pretrained(name_or_path)
 
     def parameter_groups(self, model: torch.nn.Module) -> dict[str, list[str]]:
@@ -99,7 +104,13 @@ class RegionVLMRecipe:
         model.save_pretrained(out, safe_serialization=True)
         processor.save_pretrained(out)
 
+    def vision_pixels(self, processor, images) -> torch.Tensor:
+        return processor.image_processor(images=list(images), return_tensors="pt").pixel_values
 
+    def vision_grid(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The ViT's output patches (what the Q-Former cross-attends to) as a grid."""
+        hidden = model.vision_model(pixel_values=pixel_values, return_dict=True).last_hidden_state
+        return tokens_to_grid(hidden[:, 1:])
 
 
 register("regionvlm", RegionVLMRecipe)
