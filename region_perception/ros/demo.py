@@ -402,11 +402,31 @@ def run_photos(session: Session) -> tuple[int, int]:
     return len(SCRIPT) - failures, len(SCRIPT)
 
 
+def position_line(out, notes: list[str], target: dict) -> tuple[str, float | None]:
+    """The answer's 3D position beside the object's true one (synthetic depth: known geometry);
+    (the printed line, the position error in metres or None when the answer has no position)."""
+    truth = target.get("position_m")
+    if truth is None:
+        return "3D: the object has no 3D truth", None
+    tx, ty, tz = truth
+    shown = f"truth ({tx:+.3f}, {ty:+.3f}, {tz:.3f}) m"
+    if out is None or not out.has_position:
+        why = next((n for n in notes if "3D position" in n), "no position")
+        return f"3D: {why} | {shown}", None
+    p, size = out.position, out.size
+    err = float(np.linalg.norm([p.x - tx, p.y - ty, p.z - tz]))
+    sx, sy = target["size_m"][:2]
+    return (f"3D: ({p.x:+.3f}, {p.y:+.3f}, {p.z:.3f}) m, size {size.x:.2f} x {size.y:.2f} m | {shown}, "
+            f"size {sx:.2f} x {sy:.2f} m | error {err * 100:.1f} cm"), err
+
+
 def run_toy(
-    session: Session, first_scene: int, scenes: int, model_label: str, min_area_fraction: float
+    session: Session, first_scene: int, scenes: int, model_label: str, min_area_fraction: float,
+    depth: bool = False,
 ) -> tuple[int, int, int, int]:
     """Questions about ``scenes`` synthetic scenes from ``first_scene`` on, each judged against
-    the scene's ground truth; (answered, asked, right, judged)."""
+    the scene's ground truth; (answered, asked, right, judged). With ``depth`` each answer's 3D
+    position is printed beside the object's true position (the camera's depth is exact)."""
     from region_perception.msg import RegionResult
 
     from ..status import Status
@@ -414,6 +434,7 @@ def run_toy(
 
     answered = asked = right = judged = 0
     tally: dict[str, list[int]] = {}
+    errors: list[float | None] = []
     wanted = first_scene
     for round_no in range(scenes):
         # the first scene from `wanted` on whose frame and truth have reached us, and the node too
@@ -468,11 +489,30 @@ def run_toy(
                 continue
             saved = session.save_overlay(f"toy_scene{truth['index']:03d}_{n}_{q.kind}.png")
             print(f"      {result.latency_ms:.0f} ms; overlay: {saved or '(none received)'}")
+            if depth:
+                out = result.outputs[0] if result.outputs else None
+                target = q.target
+                if q.kind == "refer" and out is not None and len(out.mask.data):
+                    # where the selected mask is: compared with the object it covers most (right or wrong)
+                    from ..synthetic_camera import iou, mask_from_truth
+
+                    mask = mask_msg_to_bool(out.mask)
+                    target = int(np.argmax([iou(mask, mask_from_truth(o)) for o in truth["objects"]]))
+                line, err = position_line(out, list(result.notes), truth["objects"][target])
+                errors.append(err)
+                print(f"      {line}" + (f" (object {target}, which the selected mask covers most)"
+                                         if q.kind == "refer" else ""))
     parts = ", ".join(f"{task} {r}/{n}" for task, (r, n) in tally.items())
     print(f"\n[demo] {TOY_LABEL} ({model_label}): {right}/{judged} right ({parts}); "
           f"{answered}/{asked} questions answered; overlays in {session.out}")
     print("[demo] right = CAPTION names the object's colour and shape, CLASSIFY gives its shape, REFER's mask "
           "overlaps the named object more than any other")
+    if depth:
+        located = [e for e in errors if e is not None]
+        close = sum(e <= 0.05 for e in located)
+        median = f", median error {np.median(located) * 100:.1f} cm" if located else ""
+        print(f"[demo] 3D: {len(located)}/{len(errors)} answers have a position, {close} within 5 cm of the "
+              f"object's true position{median} (a box region's median can be the background behind the object)")
     return answered, asked, right, judged
 
 
@@ -495,6 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=1, help="toy: synthetic stream (1: scenes not trained on)")
     parser.add_argument("--out", default=str(REPO / "demo_out"))
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds for the node to come up")
+    parser.add_argument("--no-depth", dest="depth", action="store_false",
+                        help="toy: no 3D positions (default: the synthetic camera's depth is used)")
     args = parser.parse_args(argv)
     if args.scenes < 1 or args.first_scene < 0:
         parser.error("--scenes must be >= 1 and --first-scene >= 0")
@@ -523,6 +565,9 @@ def main(argv: list[str] | None = None) -> int:
     overrides: dict[str, object] = {"image_reliability": "reliable", "image_qos_depth": 5}
     if plan.model:
         overrides["model"] = plan.model
+    depth = plan.mode == "toy" and args.depth
+    if depth:  # the synthetic camera publishes aligned depth and CameraInfo: answers get 3D positions
+        overrides.update(depth_topic="depth/image_raw", camera_info_topic="depth/camera_info")
     if plan.mode == "toy":
         # ten scenes (5 s) early: the scenes asked about arrive after discovery has settled, so the
         # same scenes are asked about on every run (a later one only if discovery takes longer)
@@ -539,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
         session.spin_until(lambda: session.receiving_since is not None, 60.0, "camera frames at the node")
         if plan.mode == "toy":
             answered, asked, _, _ = run_toy(session, args.first_scene, args.scenes, model_label,
-                                            proposal_min_area(plan.params))
+                                            proposal_min_area(plan.params), depth=depth)
         else:
             answered, asked = run_photos(session)
         status = 0 if answered == asked else 1
