@@ -76,7 +76,7 @@ def run_batch(engine, image: np.ndarray, items: list[BatchItem], frame_key: str 
                 rows.setdefault(gen, []).extend((i, [a.cue], "") for a in answers[i])
             elif item.task == "ask":
                 question = engine._text(item.text, "the question")
-                _check_answers_questions(engine)
+                engine.check_answers_questions()
                 answers[i] = _answers(engine, image, size, key, item.regions or [WholeImage()], "ask", timings)
                 rows.setdefault(_resolved(engine, item), []).append((i, [a.cue for a in answers[i]], question))
             elif item.task == "classify":
@@ -113,15 +113,6 @@ def run_batch(engine, image: np.ndarray, items: list[BatchItem], frame_key: str 
 
 def _resolved(engine, item: BatchItem) -> tuple[int, int]:
     return (item.max_new_tokens or engine.config.max_new_tokens, item.num_beams or engine.config.num_beams)
-
-
-def _check_answers_questions(engine) -> None:
-    if not getattr(engine.model, "answers_questions", True):
-        from .engine import TaskError
-
-        raise TaskError(
-            f"{engine.model.name} does not answer free questions: use CAPTION or CLASSIFY, or a RegionVLM model for ASK"
-        )
 
 
 def _answers(engine, image, size, key, regions: list[Region], task: str, timings: Timings) -> list:

@@ -162,6 +162,20 @@ def check_image(image: np.ndarray, max_pixels: int) -> np.ndarray:
     return image
 
 
+def check_text(text: str, what: str, max_chars: int) -> str:
+    """The stripped text, or TaskError if it is empty or longer than ``max_chars``.
+
+    Module-level so that the query processor refuses such a query at intake, before it
+    could wait in the queue, with the words the engine would use.
+    """
+    text = (text or "").strip()
+    if not text:
+        raise TaskError(f"{what} is empty")
+    if len(text) > max_chars:
+        raise TaskError(f"{what} has {len(text)} characters, more than the limit of {max_chars}")
+    return text
+
+
 def _box_list(box: np.ndarray) -> list[float]:
     return [round(float(v), 2) for v in box]
 
@@ -302,12 +316,15 @@ class RegionEngine:
         )
 
     def _text(self, text: str, what: str) -> str:
-        text = (text or "").strip()
-        if not text:
-            raise TaskError(f"{what} is empty")
-        if len(text) > self.config.max_text_chars:
-            raise TaskError(f"{what} has {len(text)} characters, more than the limit of {self.config.max_text_chars}")
-        return text
+        return check_text(text, what, self.config.max_text_chars)
+
+    def check_answers_questions(self) -> None:
+        """TaskError if the model has no free-question task (ASK): known before any frame is read."""
+        if not getattr(self.model, "answers_questions", True):
+            raise TaskError(
+                f"{self.model.name} does not answer free questions: use CAPTION or CLASSIFY, "
+                "or a RegionVLM model for ASK"
+            )
 
     def _gen(self, max_new_tokens: int, num_beams: int) -> dict[str, int]:
         return {
@@ -357,11 +374,7 @@ class RegionEngine:
         (RegionGPT), and a question without regions is about the conversation's last ones.
         """
         question = self._text(question, "the question")
-        if not getattr(self.model, "answers_questions", True):
-            raise TaskError(
-                f"{self.model.name} does not answer free questions: use CAPTION or CLASSIFY, "
-                "or a RegionVLM model for ASK"
-            )
+        self.check_answers_questions()
         timings = Timings()
         with self.lock:
             dialogue = bool(getattr(self.model, "supports_dialogue", False))

@@ -3,7 +3,9 @@
 The ROS node converts messages to :class:`QuerySpec` and outcomes back to messages; all
 decisions (which frame, queue full, deadline, which error status) are made here, where
 they can be tested without a middleware. Callbacks never block on the model: ``submit``
-only resolves the frame and enqueues; one worker thread runs the engine.
+resolves the frame, refuses a query that could never succeed on it (INVALID_QUERY,
+BAD_IMAGE: at intake, however busy the worker is) and enqueues the rest; one worker
+thread runs the engine.
 """
 
 from __future__ import annotations
@@ -20,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from .engine import ImageError, RegionEngine, TaskError, TaskResult
+from .engine import EngineConfig, ImageError, RegionEngine, TaskError, TaskResult, check_image, check_text
 from .frame_buffer import Frame, FrameBuffer, FrameLookupError
-from .regions import Region, RegionError
+from .regions import Region, RegionError, validate
 from .status import Status, Task
 
 log = logging.getLogger("region_perception")
@@ -219,24 +221,76 @@ class QueryProcessor:
                 status = Status.NO_FRAME if exc.no_frame else Status.FRAME_EXPIRED
                 job.finish(Outcome(spec.query_id, spec.task, status, str(exc)))
                 return
-        self._enqueue(job)
+        self._admit(job)
+
+    def _limits(self) -> EngineConfig:
+        """The engine's limits (max points, text length, image pixels); the defaults without one."""
+        config = getattr(self.engine, "config", None)
+        return config if isinstance(config, EngineConfig) else _DEFAULT_LIMITS
 
     def _malformed(self, spec: QuerySpec) -> str:
         """Why a query can never be answered, from the query alone ("" if it may be).
 
-        The cheap checks the engine would make anyway (same wording), made at intake so that
-        a malformed query is refused at once instead of waiting behind the model's queue.
+        The checks the engine would make anyway (its functions, so its wording), made at
+        intake so that a malformed query is refused at once instead of waiting behind the
+        model's queue, or being told QUEUE_FULL ("retry later") when that queue is full.
         """
         task = Task(spec.task)
         if task in (Task.CAPTION, Task.CLASSIFY) and not spec.regions:
             return f"{_TASK_NAMES[task]} needs at least one region"
         if task == Task.CLASSIFY and not any(lbl.strip() for lbl in spec.labels or self.default_labels):
             return "classify needs at least one candidate label"
-        if task == Task.REFER and not spec.text.strip():
-            return "the referring expression is empty"
-        if task == Task.ASK and not spec.text.strip():
-            return "the question is empty"
+        max_chars = self._limits().max_text_chars
+        try:
+            if task == Task.REFER:
+                check_text(spec.text, "the referring expression", max_chars)
+            if task == Task.ASK:
+                check_text(spec.text, "the question", max_chars)
+                check_model = getattr(self.engine, "check_answers_questions", None)
+                if check_model is not None:
+                    check_model()
+        except TaskError as exc:
+            return str(exc)
         return ""
+
+    def _validate_at_intake(self, spec: QuerySpec, frame: Frame) -> Outcome | None:
+        """The answer for a query that can never succeed on ``frame`` (to send now), or None.
+
+        Every check that needs the frame but not the model, made before the query may wait
+        (and so before it can be answered QUEUE_FULL, TIMEOUT or FRAME_EXPIRED): the frame is
+        decoded (once, cached on it; the worker needs it anyway) and each region validated
+        against its size by the engine's own functions and limits, so the reasons are the
+        engine's. This is the one place for intake checks of further per-query inputs.
+        """
+        limits = self._limits()
+
+        def refuse(status: Status, error: str) -> Outcome:
+            return Outcome(spec.query_id, spec.task, status, error, frame=frame)
+
+        try:
+            image = check_image(frame.image(), limits.max_image_pixels)
+        except Exception as exc:  # a decoder's error (ImageError, ValueError, ...): never the node's death
+            error = str(exc) if isinstance(exc, ValueError) else f"{type(exc).__name__}: {exc}"
+            return refuse(Status.BAD_IMAGE, error)
+        if spec.task == Task.REFER:
+            return None  # REFER reads no region (the engine ignores them)
+        size = image.shape[:2]
+        try:
+            for region in spec.regions:
+                validate(region, size, limits.max_points)
+        except RegionError as exc:
+            return refuse(Status.INVALID_QUERY, str(exc))
+        except (TypeError, ValueError) as exc:  # a region built in Python from values that are not numbers
+            return refuse(Status.INVALID_QUERY, f"region: {type(exc).__name__}: {exc}")
+        return None
+
+    def _admit(self, job: _Job) -> None:
+        """Queue a query whose frame is resolved, if it could succeed on it; else answer it now."""
+        refusal = self._validate_at_intake(job.spec, job.frame)
+        if refusal is not None:
+            job.finish(refusal)
+            return
+        self._enqueue(job)
 
     def frame_arrived(self) -> None:
         """Retry queries waiting for a frame newer than the buffer (call after each frame)."""
@@ -256,7 +310,7 @@ class QueryProcessor:
                     status = Status.NO_FRAME if exc.no_frame else Status.FRAME_EXPIRED
                     job.finish(Outcome(job.spec.query_id, job.spec.task, status, str(exc)))
                 continue
-            self._enqueue(job)
+            self._admit(job)  # validated against the frame that has just arrived, then queued
 
     def _enqueue(self, job: _Job) -> None:
         spec = job.spec
@@ -511,6 +565,7 @@ class QueryProcessor:
             log.exception("delivering the outcome of %s failed", outcome.query_id)
 
 
+_DEFAULT_LIMITS = EngineConfig()  # an engine without a config (a test's fake) is held to the defaults
 _TASK_NAMES = {Task.CAPTION: "caption", Task.ASK: "ask", Task.CLASSIFY: "classify", Task.REFER: "refer"}
 
 

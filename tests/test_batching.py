@@ -104,7 +104,7 @@ def test_a_failing_batch_is_retried_one_by_one_and_only_the_faulty_query_fails()
 def test_a_query_error_stays_with_its_query():
     engine, proc, _, outcomes = held()
     proc.submit(caption("ok"))
-    outside = PointsRegion(np.array([[1e6, 1e6]]), "outside")
+    outside = PointsRegion(np.array([[1.0, 1.0]]), "outside")  # valid at intake: only the engine refuses it
     proc.submit(QuerySpec(query_id="outside", task=Task.CAPTION, regions=[outside]))
     engine.gate.set()
     wait_for(outcomes, 3)
