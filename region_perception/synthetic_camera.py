@@ -114,12 +114,13 @@ def synthetic_depth_frame(objects: list[SceneObject], size: int = DEFAULT_SIZE) 
 
 
 def object_truth_3d(mask: np.ndarray, depth_m: float, k) -> dict[str, Any]:
-    """An object's visible part in the optical frame (metres): the centre of its visible pixels
-    at its depth, and their extent (one pixel's footprint included; flat: no depth extent)."""
+    """An object's visible part in the optical frame (metres): the per-axis median of its visible
+    pixels at its depth (the centre of a whole symmetric shape; of what is seen of a covered one),
+    and their extent (one pixel's footprint included; flat: no depth extent)."""
     ys, xs = np.nonzero(mask)
     if not xs.size:
         return {"depth_m": depth_m, "position_m": None, "size_m": None}
-    u, v = (xs.min() + xs.max()) / 2.0, (ys.min() + ys.max()) / 2.0
+    u, v = float(np.median(xs)), float(np.median(ys))
     position = [(u - k.cx) * depth_m / k.fx, (v - k.cy) * depth_m / k.fy, depth_m]
     size = [(xs.max() - xs.min() + 1) * depth_m / k.fx, (ys.max() - ys.min() + 1) * depth_m / k.fy, 0.0]
     return {"depth_m": depth_m, "position_m": [round(p, 4) for p in position], "size_m": [round(p, 4) for p in size]}

@@ -30,6 +30,9 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int)
     p.add_argument("--tolerance", type=float, help="stamp match tolerance in s (default: the config's)")
     p.add_argument("--masks", help="write each result's masks as PNGs into this folder")
+    p.add_argument("--depth-topic", help="aligned depth Image topic for 3D positions (default: the log's topic "
+                   "named like depth, if any; 'none' = no 3D)")
+    p.add_argument("--camera-info-topic", help="its CameraInfo topic (default: the one beside the depth topic)")
     p.add_argument("--summary", help="also write the summary as JSON here")
     p.add_argument("--force", action="store_true", help="overwrite --out / --summary if they exist")
     p.add_argument("--no-progress", action="store_true")
@@ -50,6 +53,8 @@ def run(args: argparse.Namespace) -> int:
     queries = load_script(args.queries)  # bad input fails before the model loads
     reader = LogReader(args.log)
     topic = reader.image_topic(args.topic)
+    depth_topic = None if args.depth_topic == "none" else reader.depth_topic(args.depth_topic)
+    info_topic = reader.camera_info_topic(args.camera_info_topic, beside=depth_topic) if depth_topic else None
     config = args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None)
     params: dict[str, Any] = load_parameters(config) if config else {}
     values = engine_values(params)
@@ -84,6 +89,20 @@ def run(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
+    depth = None
+    if depth_topic:
+        from ..depth3d import DepthSettings
+        from .run_log import DepthFeed
+
+        settings = DepthSettings(
+            scale=float(params.get("depth_scale", 0.001)),
+            min_m=float(params.get("depth_min_m", 0.1)),
+            max_m=float(params.get("depth_max_m", 10.0)),
+            erode_px=int(params.get("depth_erode_px", 3)),
+            max_stamp_diff_ms=float(params.get("depth_max_stamp_diff_ms", 50.0)),
+        )
+        depth = DepthFeed(reader, depth_topic, info_topic, settings)
+        print(f"run-log: 3D positions from {depth_topic} and {info_topic or 'no CameraInfo'}", file=sys.stderr)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("w") as out:
         summary = run_log(
@@ -96,6 +115,7 @@ def run(args: argparse.Namespace) -> int:
             masks_dir=Path(args.masks) if args.masks else None,
             model_name=engine.model.name,
             progress=progress,
+            depth=depth,
         )
     if bar is not None:
         bar.close()

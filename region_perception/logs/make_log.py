@@ -73,3 +73,58 @@ def write_image_log(
         for stamp, rgb in frames:
             writer.write(conn, stamp, image_cdr(rgb, stamp, frame_id, compressed)[1])
     return path
+
+
+def depth_cdr(metres: np.ndarray, stamp_ns: int, frame_id: str, scale: float = 0.001) -> tuple[str, bytes]:
+    """(type, CDR bytes) of a 16UC1 depth Image (units of ``scale`` metres; 0 = no depth)."""
+    from ..depth3d import metres_to_16uc1
+
+    ts = _store()
+    Header = ts.types["std_msgs/msg/Header"]
+    Time = ts.types["builtin_interfaces/msg/Time"]
+    header = Header(stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000), frame_id=frame_id)
+    units = metres_to_16uc1(metres, scale).astype("<u2")
+    h, w = units.shape
+    msgtype = "sensor_msgs/msg/Image"
+    msg = ts.types[msgtype](header=header, height=h, width=w, encoding="16UC1", is_bigendian=0, step=w * 2,
+                            data=np.frombuffer(units.tobytes(), dtype=np.uint8))
+    return msgtype, bytes(ts.serialize_cdr(msg, msgtype))
+
+
+def camera_info_cdr(k, stamp_ns: int, frame_id: str) -> tuple[str, bytes]:
+    """(type, CDR bytes) of a CameraInfo for intrinsics ``k`` (depth3d.Intrinsics, no distortion)."""
+    ts = _store()
+    Header = ts.types["std_msgs/msg/Header"]
+    Time = ts.types["builtin_interfaces/msg/Time"]
+    header = Header(stamp=Time(sec=stamp_ns // 1_000_000_000, nanosec=stamp_ns % 1_000_000_000), frame_id=frame_id)
+    roi = ts.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False)
+    msgtype = "sensor_msgs/msg/CameraInfo"
+    msg = ts.types[msgtype](
+        header=header, height=int(k.height), width=int(k.width), distortion_model="plumb_bob",
+        d=np.zeros(5), k=np.array([k.fx, 0, k.cx, 0, k.fy, k.cy, 0, 0, 1], float), r=np.eye(3).reshape(-1),
+        p=np.array([k.fx, 0, k.cx, 0, 0, k.fy, k.cy, 0, 0, 0, 1, 0], float), binning_x=0, binning_y=0, roi=roi,
+    )
+    return msgtype, bytes(ts.serialize_cdr(msg, msgtype))
+
+
+def write_rgbd_log(
+    path: str | Path,
+    frames: Sequence[tuple[int, np.ndarray, np.ndarray]],
+    intrinsics,
+    *,
+    topic: str = "/camera/color/image_raw",
+    depth_topic: str = "/camera/aligned_depth_to_color/image_raw",
+    info_topic: str = "/camera/aligned_depth_to_color/camera_info",
+    frame_id: str = "camera_color_optical_frame",
+    depth_delay_ns: int = 0,
+) -> Path:
+    """(stamp ns, RGB, depth metres) frames as an MCAP: colour, aligned 16UC1 depth and CameraInfo,
+    as an RGB-D camera driver publishes them (depth stamped ``depth_delay_ns`` after its colour frame)."""
+    path = Path(path)
+    with McapLogWriter(path) as writer:
+        for stamp, rgb, metres in frames:
+            writer.write(topic, *image_cdr(rgb, stamp, frame_id), stamp)
+            d = stamp + depth_delay_ns
+            writer.write(info_topic, *camera_info_cdr(intrinsics, d, frame_id), d)
+            writer.write(depth_topic, *depth_cdr(metres, d, frame_id), d)
+    return path

@@ -16,6 +16,12 @@ from typing import Any
 from . import LogError
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
+
+
+def is_depth_topic(topic: str) -> bool:
+    """A depth image topic by its name (``.../depth/image_raw``, ``aligned_depth_to_color``, ...)."""
+    return "depth" in topic.lower()
 
 
 @dataclass
@@ -121,7 +127,33 @@ class LogReader:
             return topic
         if not images:
             raise LogError(f"{self.path}: no sensor_msgs/Image or CompressedImage topic (found: {found})")
-        return max(images, key=lambda t: images[t].count)
+        colour = {t: i for t, i in images.items() if not is_depth_topic(t)} or images  # not the depth images
+        return max(colour, key=lambda t: colour[t].count)
+
+    def depth_topic(self, topic: str | None = None) -> str | None:
+        """The depth image topic: ``topic`` checked, or the Image topic named like depth (None: none)."""
+        if topic:
+            if self._topics.get(topic) is None or self._topics[topic].msgtype != "sensor_msgs/msg/Image":
+                found = ", ".join(t for t, i in self._topics.items() if i.msgtype == "sensor_msgs/msg/Image")
+                found = found or "none"
+                raise LogError(f"{self.path}: no sensor_msgs/Image topic {topic!r} for depth (found: {found})")
+            return topic
+        depth = {t: i for t, i in self._topics.items() if i.msgtype == "sensor_msgs/msg/Image" and is_depth_topic(t)}
+        return max(depth, key=lambda t: depth[t].count) if depth else None
+
+    def camera_info_topic(self, topic: str | None = None, beside: str | None = None) -> str | None:
+        """The CameraInfo topic: ``topic`` checked, or the one beside ``beside`` (same namespace), or any."""
+        infos = [t for t, i in self._topics.items() if i.msgtype == CAMERA_INFO_TYPE]
+        if topic:
+            if topic not in infos:
+                raise LogError(f"{self.path}: no CameraInfo topic {topic!r} (found: {', '.join(infos) or 'none'})")
+            return topic
+        if beside:
+            ns = beside.rsplit("/", 1)[0]
+            near = [t for t in infos if t.rsplit("/", 1)[0] == ns]
+            if near:
+                return near[0]
+        return infos[0] if infos else None
 
     # -- messages ---------------------------------------------------------------------------------
     def messages(self, topics: Iterable[str] | None = None) -> Iterator[LogMessage]:

@@ -92,13 +92,75 @@ def result_record(outcome: Outcome, stamp_ns: int, frame_id: str, model: str, we
                     "height": 0 if mask is None else int(mask.shape[0]),
                     "area": 0 if mask is None else int(np.count_nonzero(mask)),
                 },
+                **_location_fields(out.location),
             }
         )
     rec["selected_index"] = int(res.selected_index)
     rec["candidate_scores"] = [float(s) for s in res.candidate_scores]
     rec["candidate_boxes"] = [roi(b) for b in res.candidate_boxes]
     rec["notes"] = [str(n) for n in res.notes]
+    if outcome.position_frame_id:
+        rec["header"]["frame_id"] = outcome.position_frame_id  # the positions' frame, as the node says
     return rec
+
+
+def _location_fields(location: Any) -> dict[str, Any]:
+    """RegionOutput's 3D fields (has_position false and zeros without a position, as the message)."""
+    if location is None or location.position is None:
+        fraction = float(location.valid_fraction) if location is not None else 0.0
+        zero = {"x": 0.0, "y": 0.0, "z": 0.0}
+        return {"has_position": False, "position": zero, "size": dict(zero), "depth_valid_fraction": fraction}
+    (x, y, z), (sx, sy, sz) = location.position, location.size
+    return {
+        "has_position": True,
+        "position": {"x": x, "y": y, "z": z},
+        "size": {"x": sx, "y": sy, "z": sz},
+        "depth_valid_fraction": float(location.valid_fraction),
+    }
+
+
+class DepthFeed:
+    """A log's depth frames and CameraInfo for the 3D step, read as the colour frames go by.
+
+    Only the depth frame nearest each answered colour frame is read (one forward pass over the
+    depth topic), so memory stays one frame whatever the log's length; the CameraInfo is the
+    log's first on its topic.
+    """
+
+    def __init__(self, reader: LogReader, depth_topic: str, info_topic: str | None, settings: Any) -> None:
+        self.reader, self.topic, self.settings = reader, depth_topic, settings
+        self.stamps = np.array([header_stamp_ns(m.data) for m in reader.messages([depth_topic])], dtype=np.int64)
+        self.info = None
+        if info_topic:
+            first = next(iter(reader.messages([info_topic])), None)
+            self.info = reader.decode(first) if first is not None else None
+        self.info_topic = info_topic or "(none in the log)"
+        self._iter = None
+        self._pos = -1
+        self._current = None
+
+    def _message(self, index: int):
+        if self._iter is None or index < self._pos:  # (re)start the pass
+            self._iter, self._pos = iter(self.reader.messages([self.topic])), -1
+        while self._pos < index:
+            self._current = next(self._iter)
+            self._pos += 1
+        return self._current
+
+    def source_for(self, stamp_ns: int):
+        """A DepthSource holding the depth frame nearest ``stamp_ns`` (it judges the tolerance)."""
+        from ..depth3d import DepthSettings, DepthSource, depth_msg_to_metres
+
+        settings = DepthSettings(**{**vars(self.settings), "wait_ms": 0.0, "buffer_size": 1})
+        source = DepthSource(settings, depth_topic=self.topic, camera_info_topic=self.info_topic)
+        if self.info is not None:
+            source.set_camera_info(self.info.k, self.info.width, self.info.height, str(self.info.header.frame_id))
+        if len(self.stamps):
+            j = int(np.argmin(np.abs(self.stamps - stamp_ns)))
+            msg = self.reader.decode(self._message(j))
+            source.add_depth(int(self.stamps[j]), str(msg.header.frame_id), msg,
+                             lambda m: depth_msg_to_metres(m, settings.scale))
+        return source
 
 
 def schedule(queries: list[ScriptQuery], stamps: list[int], tolerance_ns: int) -> list[Job]:
@@ -152,8 +214,12 @@ def run_log(
     masks_dir: Path | None = None,
     model_name: str = "",
     progress: Callable[[int, int], None] | None = None,
+    depth: DepthFeed | None = None,
 ) -> dict[str, Any]:
-    """Answer every scripted query over the log; one JSON line each on ``out``; the summary."""
+    """Answer every scripted query over the log; one JSON line each on ``out``; the summary.
+
+    With ``depth`` each OK answer gets the node's 3D step on the depth frame nearest its frame.
+    """
     topic = reader.image_topic(topic)
     stamps = [header_stamp_ns(m.data) for m in reader.messages([topic])]  # pass 1: stamps only
     jobs = schedule(queries, stamps, int(tolerance_s * 1e9))
@@ -185,6 +251,9 @@ def run_log(
                 outcome = processor.answer(spec, frame)
             except Exception as exc:  # as the node's worker: a model fault is this query's error
                 outcome = Outcome(spec.query_id, spec.task, Status.MODEL_ERROR, f"{type(exc).__name__}: {exc}")
+            if depth is not None and outcome.status == Status.OK and outcome.result is not None:
+                source = depth.source_for(frame.stamp_ns)
+                outcome.position_frame_id = source.locate(outcome.result, frame.stamp_ns, frame.frame_id)
             outcome.inference_ms = outcome.latency_ms = (time.perf_counter() - t0) * 1000.0
             rec = result_record(outcome, frame.stamp_ns, frame.frame_id, model_name, weights_random)
             rec["frame_index"] = index
@@ -210,6 +279,7 @@ def run_log(
         "seconds": round(time.perf_counter() - started, 2),
         "model": model_name,
         "weights_random": weights_random,
+        "depth_topic": depth.topic if depth is not None else None,
     }
 
 

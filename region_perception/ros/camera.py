@@ -120,9 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--count", type=int, default=0, help="stop after this many frames (0 = no limit)")
     p.add_argument("--reliable", action="store_true", help="reliable QoS (default best-effort, depth 1)")
     p.add_argument("--depth-topic", default="depth/image_raw",
-                   help="synthetic: aligned depth image (16UC1, mm) published with each frame ('' = none)")
+                   help="synthetic: aligned depth image (16UC1, mm) published with each frame; a log: where its "
+                   "depth topic (named like depth) is played ('' = none)")
     p.add_argument("--camera-info-topic", default="depth/camera_info",
-                   help="synthetic: CameraInfo of the colour and depth images")
+                   help="synthetic: CameraInfo of the colour and depth images; a log: where its CameraInfo is played")
     return p
 
 

@@ -3,7 +3,9 @@
 Writes, in ROS 2 CDR with their message definitions, every ``RegionQuery`` and
 ``RegionResult``, the node's overlays and markers, and the camera frames that were
 answered (kept briefly in memory by stamp until a result names them; ``--all-frames``
-records every frame). Disk use is bounded by ``--max-mb`` and ``--max-duration``: the
+records every frame), with the aligned depth frame nearest each (``--depth-topic``) and
+the latest CameraInfo (``--camera-info-topic``), so ``run-log`` and a replay into the node
+give 3D positions again. Disk use is bounded by ``--max-mb`` and ``--max-duration``: the
 recorder stops when one is reached. The writing is :mod:`region_perception.logs.writer`;
 this module only subscribes (raw bytes, nothing is deserialised but two stamps).
 """
@@ -20,7 +22,7 @@ from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import ExternalShutdownException
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.utilities import remove_ros_args
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import MarkerArray
 
 from region_perception.msg import RegionQuery, RegionResult
@@ -47,6 +49,9 @@ class Recorder:
         self._frames: OrderedDict[int, tuple[str, str, bytes, int]] = OrderedDict()  # stamp -> topic, type, data, t
         self._written_stamps: set[int] = set()
         self.frames_missed = 0  # answered frames no longer held when their result came
+        self._depth: OrderedDict[int, tuple[str, str, bytes, int]] = OrderedDict()  # stamp -> depth frame
+        self._info: tuple[str, str, bytes] | None = None  # the latest CameraInfo (topic, type, data)
+        self._depth_written: set[int] = set()
         reliable = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=args.depth, reliability=ReliabilityPolicy.RELIABLE)
         sensor = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=5, reliability=ReliabilityPolicy.BEST_EFFORT)
         ns = args.node.rstrip("/")
@@ -60,6 +65,9 @@ class Recorder:
         ]
         if args.diagnostics:
             subs.append((DiagnosticArray, "/diagnostics", reliable, self._plain))
+        if args.depth_topic:
+            subs.append((Image, args.depth_topic, sensor, self._depth_frame))
+            subs.append((CameraInfo, args.camera_info_topic, sensor, self._camera_info))
         for cls, topic, qos, handler in subs:
             resolved = node.resolve_topic_name(topic)
             msgtype = type_name(cls)
@@ -87,11 +95,39 @@ class Recorder:
         while len(self._frames) > self.frame_buffer:
             self._frames.popitem(last=False)
 
+    def _depth_frame(self, topic: str, msgtype: str, data: bytes) -> None:
+        t = self._now()
+        if self.all_frames:
+            self._write(topic, msgtype, data, t)
+            return
+        self._depth[header_stamp_ns(data)] = (topic, msgtype, data, t)
+        while len(self._depth) > self.frame_buffer:
+            self._depth.popitem(last=False)
+
+    def _camera_info(self, topic: str, msgtype: str, data: bytes) -> None:
+        if self.all_frames:
+            self._write(topic, msgtype, data, self._now())
+        self._info = (topic, msgtype, data)
+
+    def _write_depth_for(self, stamp: int) -> None:
+        """The depth frame nearest an answered frame (within 0.5 s) and the CameraInfo, once each."""
+        if not self._depth or not stamp:
+            return
+        nearest = min(self._depth, key=lambda s: abs(s - stamp))
+        if abs(nearest - stamp) > 500_000_000 or nearest in self._depth_written:
+            return
+        self._depth_written.add(nearest)
+        topic, msgtype, data, t = self._depth[nearest]
+        if self._info is not None:
+            self._write(*self._info, t)
+        self._write(topic, msgtype, data, t)
+
     def _result(self, topic: str, msgtype: str, data: bytes) -> None:
         self._write(topic, msgtype, data, self._now())
         if self.all_frames:
             return
         stamp = header_stamp_ns(data)
+        self._write_depth_for(stamp)
         if stamp in self._written_stamps:
             return
         held = self._frames.get(stamp)
@@ -122,6 +158,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results-topic", default="region_results")
     p.add_argument("--node", default="/region_perception", help="the node's name (for ~/overlay and ~/markers)")
     p.add_argument("--diagnostics", action="store_true", help="also record /diagnostics")
+    p.add_argument("--depth-topic", default="depth/image_raw",
+                   help="aligned depth image: the frame nearest each answered frame is recorded ('' = none)")
+    p.add_argument("--camera-info-topic", default="depth/camera_info", help="CameraInfo recorded with depth frames")
     p.add_argument("--depth", type=int, default=1000, help="history depth of the reliable subscriptions")
     return p
 

@@ -2,8 +2,11 @@
 
 Frames are published as recorded (the CDR bytes, so ``header.stamp`` and ``frame_id`` are
 the log's own and stamped queries from the same log find their frames), paced by their
-log times divided by ``--rate`` (``max``: as fast as possible). Reading is in
-:mod:`region_perception.logs`; this module only publishes.
+log times divided by ``--rate`` (``max``: as fast as possible). A log with an aligned depth
+image topic (named like ``depth``) and a CameraInfo also has those played, in log order, on
+``--depth-topic`` / ``--camera-info-topic`` (``--depth-topic ''``: not played), so a node with
+``depth_topic`` set answers with 3D positions. Reading is in :mod:`region_perception.logs`;
+this module only publishes.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 
 import rclpy
 from rclpy.executors import ExternalShutdownException
-from sensor_msgs.msg import CompressedImage, Image
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..logs import LogError
 from ..logs.reader import LogReader
@@ -49,6 +52,9 @@ def replay(args: argparse.Namespace, ros_argv: list[str]) -> int:
             print(list_topics(reader))
             return 0
         topic = reader.image_topic(args.topic)
+        depth_topic = reader.depth_topic() if getattr(args, "depth_topic", "") else None
+        depth_topic = depth_topic if depth_topic != topic else None
+        info_topic = reader.camera_info_topic(beside=depth_topic) if depth_topic else None
     except LogError as exc:
         print(f"region-perception-camera: error: {exc}", file=sys.stderr)
         return 2
@@ -61,6 +67,11 @@ def replay(args: argparse.Namespace, ros_argv: list[str]) -> int:
     from .camera import camera_qos  # camera.py dispatches logs here: imported at call time, no cycle
 
     pub = node.create_publisher(CompressedImage if compressed else Image, out_topic, camera_qos(args.reliable))
+    pubs = {topic: pub}  # log topic -> publisher (the recorded bytes go out as they are)
+    if depth_topic:
+        pubs[depth_topic] = node.create_publisher(Image, args.depth_topic, camera_qos(args.reliable))
+        if info_topic:
+            pubs[info_topic] = node.create_publisher(CameraInfo, args.camera_info_topic, camera_qos(args.reliable))
     executor = node_executor(node)
     bar = None
     if not args.no_progress:
@@ -72,13 +83,15 @@ def replay(args: argparse.Namespace, ros_argv: list[str]) -> int:
         while True:
             first_log: int | None = None
             start = time.monotonic()
-            for message in reader.messages([topic]):
+            for message in reader.messages(list(pubs)):
                 if first_log is None:
                     first_log = message.log_time_ns
                 if speed > 0:  # keep the log's timing, scaled
                     due = start + (message.log_time_ns - first_log) / 1e9 / speed
                     spin_until(executor, due)
-                pub.publish(message.data)  # the recorded bytes: stamp and frame_id as logged
+                pubs[message.topic].publish(message.data)  # the recorded bytes: stamp and frame_id as logged
+                if message.topic != topic:
+                    continue
                 sent += 1
                 if bar is not None:
                     bar.update(1)
