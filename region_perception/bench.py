@@ -216,6 +216,49 @@ def bench_engine(model: str, runs: int = 3, image: np.ndarray | None = None) -> 
     }
 
 
+def bench_depth3d(runs: int = 20) -> dict[str, Any]:
+    """The 3D step (region_perception.depth3d) per region at 640x480, goal <= 2 ms per region.
+
+    Regions from a point's disk to the whole image over a synthetic depth scene (objects at
+    1-3 m, a wall at 4 m); the figure is the slowest region size's median. Decoding the depth
+    frame (16UC1 -> metres) is once per frame, shared by its queries, and reported apart.
+    """
+    from .depth3d import (
+        DepthSettings,
+        depth_to_metres,
+        locate_mask,
+        metres_to_16uc1,
+        synthetic_depth,
+        synthetic_intrinsics,
+    )
+
+    h, w = 480, 640
+    k = synthetic_intrinsics(w, h)
+    vv, uu = np.mgrid[0:h, 0:w]
+    objects = [((uu - 160) ** 2 + (vv - 240) ** 2 <= r**2, z) for r, z in ((40, 1.0), (120, 2.0))]
+    objects.append(((uu > 380) & (uu < 620) & (vv > 60) & (vv < 420), 3.0))
+    units = metres_to_16uc1(synthetic_depth((h, w), objects, 4.0))
+    data = units.tobytes()
+    decode_s, _, depth = timed(lambda: depth_to_metres("16UC1", h, w, w * 2, data), runs)
+    regions = {
+        "point disk (~300 px)": (uu - 160) ** 2 + (vv - 240) ** 2 <= 10**2,
+        "object 5% of image": objects[0][0] | ((uu - 160) ** 2 + (vv - 240) ** 2 <= 70**2),
+        "object 30% of image": objects[2][0],
+        "whole image": np.ones((h, w), bool),
+    }
+    settings = DepthSettings()
+    per_region = {}
+    for name, mask in regions.items():
+        sec, _, _ = timed(lambda mask=mask: locate_mask(mask, depth, k, settings), runs)
+        per_region[name] = round(sec * 1000.0, 3)
+    worst = max(per_region.values())
+    figure = Figure(
+        "3D step per region (640x480 depth)", round(worst, 3), "ms", "<= 2 ms per region", worst <= 2.0,
+        {**{f"{n} ms": v for n, v in per_region.items()}, "depth decode per frame ms": round(decode_s * 1000, 3)},
+    )
+    return {"model": "3D step (depth3d, numpy + OpenCV)", "title": "3D step", "figures": [asdict(figure)]}
+
+
 def machine() -> dict[str, str]:
     import torch
 
@@ -254,8 +297,8 @@ def to_markdown(report: dict[str, Any]) -> str:
         f"- date: {m['date']}; whole run: {report['seconds']} s",
         "",
     ]
-    for section in report["engine"] + report.get("node", []):
-        title = section["model"] + (" (engine)" if "load_s" in section else " (node)")
+    for section in report["engine"] + report.get("node", []) + report.get("depth3d", []):
+        title = section.get("title") or section["model"] + (" (engine)" if "load_s" in section else " (node)")
         lines += [f"## {title}", "", "| figure | value | goal | met | details |", "|---|---|---|---|---|"]
         for f in section["figures"]:
             met = "" if f["met"] is None else ("yes" if f["met"] else "**missed**")

@@ -229,6 +229,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"[bench] node: {model} ...", file=sys.stderr, flush=True)
             report["node"].append(bench_node(model, Path(args.work_dir)))
             _print_figures(report["node"][-1], args.json)
+    from .bench import bench_depth3d
+
+    print("[bench] 3D step (depth) ...", file=sys.stderr, flush=True)
+    report["depth3d"] = [bench_depth3d()]
+    _print_figures(report["depth3d"][-1], args.json)
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["notes"] = BENCH_NOTES
     if args.out:
