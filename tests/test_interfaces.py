@@ -16,7 +16,7 @@ from region_perception.ros.msg_dict import msg_to_dict
 from .conftest import HELPERS
 
 rclpy = pytest.importorskip("rclpy")
-from geometry_msgs.msg import Point32  # noqa: E402
+from geometry_msgs.msg import Point, Point32, Vector3  # noqa: E402
 from sensor_msgs.msg import Image, RegionOfInterest  # noqa: E402
 
 from region_perception.msg import (  # noqa: E402
@@ -71,7 +71,13 @@ def make_result() -> RegionResult:
     out.label_scores = [0.75, 0.25]
     out.mask = _mono8(37, 23, seed=2)
     out.bbox = RegionOfInterest(x_offset=3, y_offset=4, width=20, height=10, do_rectify=False)
-    r.outputs = [out]
+    # 3D (depth on): position and extent in the header's frame; a second output without one
+    out.has_position = True
+    out.position = Point(x=-0.125, y=0.0625, z=1.5)
+    out.size = Vector3(x=0.25, y=0.125, z=0.03125)
+    out.depth_valid_fraction = 0.875
+    unplaced = RegionOutput(name="far", has_position=False, depth_valid_fraction=0.0)
+    r.outputs = [out, unplaced]
     r.selected_index = 1
     r.candidate_scores = [2.5, 1.25, 3.0]
     r.candidate_boxes = [RegionOfInterest(x_offset=i, y_offset=i, width=5, height=6) for i in range(3)]
@@ -140,3 +146,7 @@ def test_every_field_crosses_processes_intact(python, child_env):
     # the mask really is the bytes we sent, not an empty image
     sent_mask = np.frombuffer(bytes(query.regions[3].mask.data), dtype=np.uint8)
     assert sent_mask.size == 37 * 23 and received["query"]["regions"][3]["mask"]["width"] == 37
+    placed = received["result"]["outputs"][0]
+    assert placed["has_position"] and placed["position"] == {"x": -0.125, "y": 0.0625, "z": 1.5}
+    assert placed["size"]["z"] == 0.03125 and placed["depth_valid_fraction"] == 0.875
+    assert received["result"]["outputs"][1]["has_position"] is False
