@@ -259,8 +259,16 @@ class MaskEngine:
         outs = [RegionAnswer(name=r.name, mask=region_mask(r, size)) for r in regions]
         return TaskResult("caption", outs, "fake", True, size, {})
 
+    def run_batch(self, image, items, *, frame_key=None):
+        """Queued queries on one frame in one call (the worker's batch path): one result each."""
+        self.batches.append(len(items))
+        return [self.caption(image, item.regions) for item in items]
+
     def free_memory(self):
         pass
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
 
 
 def wait_until(predicate, timeout=60.0) -> bool:
@@ -280,22 +288,24 @@ def _box_of(mask) -> BoxRegion:
 def test_processor_adds_positions_after_the_model_and_a_burst_is_answered_once_each():
     outcomes = []
     frames = FrameBuffer(capacity=5, tolerance_s=0.01)
-    proc = QueryProcessor(MaskEngine(), frames, outcomes.append, queue_size=300)
+    engine = MaskEngine()
+    proc = QueryProcessor(engine, frames, outcomes.append, queue_size=300)
     proc.depth_source = source(wait_ms=100)
     image = np.zeros((H, W, 3), np.uint8)
     stamp = 3_000_000_000
     frames.add(Frame(stamp, "cam", image, lambda raw: raw))
     proc.depth_source.add_depth(stamp, "cam", DepthMsg(scene_depth()))
-    proc.start()
     try:
         n = 200
         for i in range(n):
             mask = OBJECTS[i % 3][0]
             proc.submit(QuerySpec(query_id=f"q{i}", task=Task.CAPTION, stamp_ns=stamp, regions=[_box_of(mask)]))
+        proc.start()  # after the burst: the worker takes it in batches
         assert wait_until(lambda: len(outcomes) >= n)
         time.sleep(0.2)  # nothing more may come
         assert sorted(o.query_id for o in outcomes) == sorted(f"q{i}" for i in range(n))
         assert all(o.status == Status.OK for o in outcomes)
+        assert max(engine.batches) > 1  # the batch path located its outputs (the late query below: one alone)
         for o in outcomes:
             i = int(o.query_id[1:])
             assert o.position_frame_id == "cam"

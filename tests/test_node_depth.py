@@ -165,3 +165,20 @@ def test_bad_or_missing_depth_answers_without_a_position_and_says_why(system):
     assert result.status == RegionResult.OK and not result.outputs[0].has_position
     assert any("no stamp" in n for n in result.notes), result.notes
     assert node.poll() is None
+
+
+def test_a_burst_of_200_queries_with_depth_on_is_answered_once_each(system):
+    client, node = system
+    frame, truth = frame_and_truth(client)
+    region = mask_region(truth["objects"][0])
+    burst = [RegionQuery(query_id=f"burst-{i}", task=RegionQuery.CAPTION, header=frame.header, regions=[region],
+                         max_new_tokens=2) for i in range(200)]
+    for q in burst:
+        client.query_pub.publish(q)
+    assert client.wait(lambda: all(q.query_id in client.results for q in burst), 300)
+    assert all(len(client.results[q.query_id]) == 1 for q in burst), "exactly one result per query"
+    results = [client.results[q.query_id][0] for q in burst]
+    assert {r.status for r in results} <= {RegionResult.OK, RegionResult.QUEUE_FULL}
+    ok = [r for r in results if r.status == RegionResult.OK]
+    assert ok and all(r.outputs[0].has_position for r in ok), [r.notes for r in ok if not r.outputs[0].has_position]
+    assert node.poll() is None
