@@ -346,8 +346,11 @@ class DepthSource:
                 if nearest is not None and abs(nearest.stamp_ns - stamp_ns) <= tol_ns:
                     return nearest
                 remaining = deadline - time.monotonic()
-                if newest is not None and newest.stamp_ns < stamp_ns and remaining > 0:
-                    self._arrived.wait(remaining)  # the depth frame may still be on its way
+                # the depth frame may still be on its way: wait, unless the depth stream has
+                # stalled (its newest frame over a second older), which must not slow every answer
+                lagging = newest is not None and 0 < stamp_ns - newest.stamp_ns <= 1_000_000_000
+                if lagging and remaining > 0:
+                    self._arrived.wait(remaining)
                     continue
                 break
         if nearest is None:

@@ -246,6 +246,14 @@ def test_a_lagging_depth_frame_is_waited_for_and_a_late_one_is_refused():
     timer.join()
     assert not res.outputs[0].location.has_position
     assert any("200 ms newer than the colour frame" in n for n in res.notes), res.notes
+    # a stalled depth stream (newest frame seconds old) is not waited for: the answer is not delayed
+    s = source(wait_ms=60_000, max_stamp_diff_ms=50)
+    s.add_depth(1_000_000_000, "cam", DepthMsg(scene_depth()))
+    started = time.monotonic()
+    res = result_for([OBJECTS[0][0]])
+    s.locate(res, 9_000_000_000, "cam")
+    assert time.monotonic() - started < 30  # it would have waited 60 s
+    assert any("ms older than the colour frame" in n for n in res.notes), res.notes
 
 
 # -- through the query processor's worker ---------------------------------------------------------
