@@ -22,7 +22,7 @@ from launch_ros.substitutions import FindPackageShare
 
 from launch import LaunchDescription
 
-OVERRIDABLE = ("model", "device", "use_overlay")
+OVERRIDABLE = ("model", "model_revision", "device", "use_overlay")
 
 
 def _node(context):
@@ -63,6 +63,9 @@ def generate_launch_description() -> LaunchDescription:
                 description="node parameters (YAML)",
             ),
             DeclareLaunchArgument("model", default_value="", description="model name/id/path (default: params file)"),
+            DeclareLaunchArgument(
+                "model_revision", default_value="", description="hub model branch, tag or commit (default: params file)"
+            ),
             DeclareLaunchArgument("device", default_value="", description="auto | cuda | cpu (default: params file)"),
             DeclareLaunchArgument("image", default_value="image", description="camera image topic"),
             DeclareLaunchArgument("use_overlay", default_value="", description="true | false (default: params file)"),

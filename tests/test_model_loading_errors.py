@@ -385,6 +385,8 @@ def ask_inactive(node):
         ({"model": "no-such-model"}, "unknown_name"),
         ({"model": "tiny-florence2", "segmenter": "vit_b:/nonexistent.pth"}, "not_found_local"),
         ({"model": "tiny-florence2", "snap_model": "./no-such-encoder"}, "not_found_local"),
+        ({"model": "Salesforce/instructblip-flan-t5-xl", "model_revision": "v1"}, "no_network"),
+        ({"model": "tiny-florence2", "model_revision": "v1"}, "unknown_revision"),
     ],
 )
 def test_node_activate_fails_stays_inactive_reports_error_and_answers_model_error(
@@ -400,6 +402,8 @@ def test_node_activate_fails_stays_inactive_reports_error_and_answers_model_erro
     result = ask_inactive(node)
     assert "inactive" in result.error and f"({reason})" in result.error
     assert result.error.count("\n") == 0
+    if params.get("model_revision"):  # the pinned revision reaches the loader and its message
+        assert "revision 'v1'" in status.message and values["model_revision"] == "v1"
 
 
 def test_node_default_offline_falls_back_loudly_and_activates(make_node, capsys):
