@@ -389,3 +389,18 @@ def test_a_held_response_waits_until_released():
         h.release()
         t.join(timeout=60)
         assert got == [200]
+
+
+def test_a_slow_hub_delivers_every_byte_and_a_cut_one_fewer():
+    data = bytes(range(256)) * 800  # 200 KB of weights
+    with Hub() as h:
+        h.add_repo("me/model", {"config.json": b"{}", "model.safetensors": data})
+        location = _get(f"{h.endpoint}/me/model/resolve/main/model.safetensors", method="HEAD")[1]["Location"]
+        h.fail("slow", match="/cdn/*", bytes_per_s=4e6, times=1)
+        assert _get(location)[2] == data
+        h.fail("cut", match="/cdn/*", times=1, cut_fraction=0.25)
+        import http.client
+
+        with pytest.raises(http.client.IncompleteRead) as info:
+            _get(location)
+        assert len(info.value.partial) == len(data) // 4
