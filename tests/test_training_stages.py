@@ -79,7 +79,8 @@ def test_stage0_refuses_data_without_regions_and_existing_out(tmp_path, world):
 
 
 def test_conv_stem_is_built_saved_and_loaded_by_from_pretrained(tmp_path):
-    from region_perception.models.regionvlm_model import ConvStem, RegionVLMForConditionalGeneration
+    from region_perception.models.conv_stem import ConvStem
+    from region_perception.models.regionvlm_model import RegionVLMForConditionalGeneration
     from region_perception.models.toy import build_toy_regionvlm
 
     out = build_toy_regionvlm(tmp_path / "toy", sizes=SIZES["regionvlm"])
@@ -97,6 +98,23 @@ def test_conv_stem_is_built_saved_and_loaded_by_from_pretrained(tmp_path):
     grid = model.vision_model(pixel_values=pixels).last_hidden_state
     assert grid.shape == (2, 1 + 4 * 4, 32)
     assert not torch.allclose(grid[0], grid[1]), "the tower's output depends on the image"
+
+
+def test_toy_regiongpt_clip_tower_has_the_stem_too(tmp_path):
+    from region_perception.models.conv_stem import ConvStem
+    from region_perception.models.regiongpt import RegionGPTForConditionalGeneration
+    from region_perception.models.regiongpt.tiny import build_toy_regiongpt
+
+    out = build_toy_regiongpt(tmp_path / "toy", sizes=SIZES["regiongpt"])
+    model = RegionGPTForConditionalGeneration.from_pretrained(out)
+    assert isinstance(model.model.vision_tower.embeddings.patch_embedding, ConvStem)
+    saved = load_file(str(out / "model.safetensors"))
+    stem_keys = [k for k in saved if "patch_embedding.stem" in k]
+    state = model.state_dict()
+    assert stem_keys and all(torch.equal(state["model." + k] if "model." + k in state else state[k], saved[k])
+                             for k in stem_keys)
+    patches, _ = model.patch_features(torch.rand(1, 3, 64, 64))
+    assert patches.shape == (1, 16, 32)
 
 
 def test_a_released_instructblip_config_loads_without_a_stem(tmp_path):

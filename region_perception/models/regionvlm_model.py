@@ -1,57 +1,15 @@
 """RegionVLM's model class: InstructBLIP whose ViT may open with an early-convolution stem.
 
-Why: a ViT's single 16-pixel patch embedding must learn a shape's outline inside one cell wherever
-the shape sits in it; a small tower trained in minutes does not (toy-vision pre-training: ~70 %
-shape accuracy). Four 3x3 stride-2 convolutions before the transformer learn it (~97 %). transformers
-always builds ``embeddings.patch_embedding`` as one strided ``Conv2d`` and has no switch for another,
-so this class swaps it in one place, keyed by ``vision_config.conv_stem`` (saved in config.json):
-the toy builder and every loader (``from_pretrained``) build the same module, so its weights load
-natively. Released RegionVLM / InstructBLIP checkpoints have no such key and load unchanged.
+The stem (:mod:`.conv_stem`) is what the toy RegionVLM's tower needs to learn shape; this class installs it
+where ``vision_config.conv_stem`` says so, for the toy builder and every loader alike. Released RegionVLM /
+InstructBLIP checkpoints have no such key and load unchanged.
 """
 
 from __future__ import annotations
 
-import torch
-from torch import nn
 from transformers import InstructBlipForConditionalGeneration
 
-
-class ConvStem(nn.Module):
-    """Four 3x3 stride-2 convolutions (each with GroupNorm and GELU), then a 1x1 to the hidden size.
-
-    A norm without running statistics (GroupNorm), so a frozen tower behaves the same in train and
-    eval mode. The output is ``(B, hidden, H/16, W/16)``, what the strided patch conv gave.
-    """
-
-    def __init__(self, hidden: int, widths: tuple[int, ...] = (32, 64, 96, 128)) -> None:
-        super().__init__()
-        layers: list[nn.Module] = []
-        channels = 3
-        for width in widths:
-            layers += [nn.Conv2d(channels, width, 3, stride=2, padding=1), nn.GroupNorm(8, width), nn.GELU()]
-            channels = width
-        self.stem = nn.Sequential(*layers)
-        self.proj = nn.Conv2d(channels, hidden, 1)
-
-    @property
-    def weight(self) -> torch.Tensor:
-        """The embeddings read ``patch_embedding.weight.dtype`` to cast the pixels."""
-        return self.proj.weight
-
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.proj(self.stem(pixels))
-
-
-def stem_widths(vision_config) -> tuple[int, ...] | None:
-    """The stem's widths from the config (``conv_stem``: true or a list), None for a plain patch conv."""
-    spec = getattr(vision_config, "conv_stem", None)
-    if not spec:
-        return None
-    widths = tuple(int(w) for w in spec) if isinstance(spec, (list, tuple)) else (32, 64, 96, 128)
-    if 2 ** len(widths) != int(vision_config.patch_size):
-        raise ValueError(f"conv_stem {list(widths)} downsamples {2 ** len(widths)}x, patch_size is "
-                         f"{vision_config.patch_size}")
-    return widths
+from .conv_stem import install_conv_stem
 
 
 class RegionVLMForConditionalGeneration(InstructBlipForConditionalGeneration):
@@ -59,16 +17,4 @@ class RegionVLMForConditionalGeneration(InstructBlipForConditionalGeneration):
 
     def __init__(self, config) -> None:
         super().__init__(config)
-        widths = stem_widths(config.vision_config)
-        if widths is not None:
-            embeddings = self.vision_model.embeddings
-            embeddings.patch_embedding = ConvStem(config.vision_config.hidden_size, widths)
-            self._init_stem(embeddings.patch_embedding)
-
-    @staticmethod
-    @torch.no_grad()
-    def _init_stem(stem: ConvStem) -> None:
-        for module in stem.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-                nn.init.zeros_(module.bias)
+        install_conv_stem(self.vision_model.embeddings, config.vision_config)

@@ -82,8 +82,8 @@ def train_one(name: str, world: Path, work: Path, dest: Path, eval_limit: int, p
 
     recipe = RECIPES[name]
     t0 = time.perf_counter()
-    tower = work / name / "stage0"
-    out = work / name / "model"
+    tower = work / f"{name}.stage0"  # the pre-trained tower (stage 0)
+    out = work / name  # the toy (stage 1): REGION_PERCEPTION_TOY_DIR=WORK points the tests at it
     stage0 = train(TrainConfig(model=name, data=str(world), tasks=[], out=tower, overwrite=True, device="cpu",
                                eval_limit=eval_limit, progress=progress, stage="vision", **recipe["stage0"]))
     summary = train(TrainConfig(model=str(tower), data=str(world), tasks=list(TASKS), out=out, overwrite=True,

@@ -18,6 +18,7 @@ from torch import nn
 from transformers import LlavaForConditionalGeneration
 from transformers.conversion_mapping import get_checkpoint_conversion_mapping, register_checkpoint_conversion_mapping
 
+from ..conv_stem import install_conv_stem
 from .configuration_regiongpt import RegionGPTConfig
 
 # LLaVA checkpoints (llava-hf) keep legacy key names that transformers renames by model_type;
@@ -75,6 +76,8 @@ class RegionGPTForConditionalGeneration(LlavaForConditionalGeneration):
         channels = config.vision_config.hidden_size
         self.refiner = RegionRefiner(channels, getattr(config, "refine_channels", 0) or channels)
         self.post_init()
+        # the toy's CLIP tower opens with a convolution stem (vision_config.conv_stem); released towers do not
+        install_conv_stem(self.model.vision_tower.embeddings, config.vision_config)
 
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:

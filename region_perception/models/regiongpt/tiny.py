@@ -79,6 +79,7 @@ def _build(out: Path, *, name: str, words: list[str], sizes: dict, seed: int, re
             num_attention_heads=4,
             image_size=z["image_size"],
             patch_size=z["patch_size"],
+            conv_stem=bool(z.get("conv_stem", False)),  # models/conv_stem.py (the toy's tower)
         ).to_dict(),
         text_config=LlamaConfig(
             vocab_size=len(tokenizer),
@@ -119,6 +120,7 @@ def build_tiny_regiongpt(out: Path, *, name: str = "tiny-regiongpt", words: list
 # the toy: the synthetic world's words, trained from scratch by ``train --model toy-regiongpt``
 TOY_REGIONGPT_SIZES = {
     "image_size": 128, "patch_size": 16, "vision_hidden": 128, "vision_layers": 4, "lm_hidden": 128, "lm_layers": 2,
+    "conv_stem": True,  # as the toy RegionVLM: the tower learns shape in stage 0 (a 16-px patch conv: ~40-70 %)
 }
 
 
