@@ -39,6 +39,8 @@ def system(tmp_path_factory):
             depth_topic="depth/image_raw",
             camera_info_topic="depth/camera_info",
             max_new_tokens=3,
+            # every superpixel is a REFER proposal: REFER always selects one, whatever the scene
+            **{"proposal_filter.min_area_fraction": 0.001, "proposal_filter.max_border_fraction": 1.0},
         ),
         env=env,
         stdout=log,
@@ -87,10 +89,29 @@ def _image_type():
 
 
 def frame_and_truth(client):
-    frame = client.fresh_frame((SIZE, SIZE))
-    key = (frame.header.stamp.sec, frame.header.stamp.nanosec)
-    assert client.wait(lambda: key in client.truths, 10), "no ground truth for the frame"
-    return frame, client.truths[key]
+    """A camera frame published from now on (the node has it: reliable QoS) and its ground truth.
+
+    Picked by its truth, not by the newest frame heard: a test's own frames, stamped far in the
+    future, are heard too."""
+    since = client.node.get_clock().now().nanoseconds
+
+    def stamp_of(key) -> int:
+        return key[0] * 1_000_000_000 + key[1]
+
+    def published():
+        with client.truth_lock:
+            new = sorted(k for k in client.truths if since < stamp_of(k) < since + 100 * 10**9)
+        latest = client.frames.get((SIZE, SIZE))
+        heard = latest.header.stamp.sec * 1_000_000_000 + latest.header.stamp.nanosec if latest else 0
+        return next((k for k in new if stamp_of(k) <= heard), None)  # its frame has been published
+
+    assert client.wait(lambda: published() is not None, 30), "no new frame with its ground truth"
+    key = published()
+    truth = client.truths[key]
+    frame = _image_type()()
+    frame.header.stamp.sec, frame.header.stamp.nanosec = key
+    frame.header.frame_id = truth["frame_id"]
+    return frame, truth
 
 
 def mask_region(obj) -> Region:
@@ -110,12 +131,16 @@ def test_positions_match_the_scene_geometry_and_markers_show_boxes(system):
     assert result.status == RegionResult.OK, result.error
     assert result.header.frame_id == "camera_optical_frame"
     assert len(result.outputs) == len(objs) + 1
-    pixel_m = 3.0 / truth["camera"]["fx"]  # one pixel at the farthest object
-    for out, obj in zip(result.outputs, [*objs, objs[0]], strict=True):
+    cam = truth["camera"]
+    pixel_m = 3.0 / cam["fx"]  # one pixel at the farthest object
+    u, v = objs[0]["point"]  # the clicked point: its disk lies on object 0, around the point
+    at_point = [(u - cam["cx"]) * objs[0]["depth_m"] / cam["fx"], (v - cam["cy"]) * objs[0]["depth_m"] / cam["fy"]]
+    expected = [*(o["position_m"][:2] for o in objs), at_point]
+    for out, obj, (x, y) in zip(result.outputs, [*objs, objs[0]], expected, strict=True):
         assert out.has_position, result.notes
         assert out.position.z == pytest.approx(obj["depth_m"], abs=0.01)
-        assert abs(out.position.x - obj["position_m"][0]) < 3 * pixel_m
-        assert abs(out.position.y - obj["position_m"][1]) < 3 * pixel_m
+        assert abs(out.position.x - x) < 3 * pixel_m
+        assert abs(out.position.y - y) < 3 * pixel_m
         assert out.depth_valid_fraction == pytest.approx(1.0)
     for out, obj in zip(result.outputs, objs, strict=False):  # whole visible masks: their extent
         assert out.size.x == pytest.approx(obj["size_m"][0], rel=0.25, abs=2 * pixel_m)
