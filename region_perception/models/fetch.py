@@ -227,6 +227,10 @@ def _download(what: str, repo_id: str, revision: str, *, need: str, cache_dir, p
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     (enable_progress_bars if progress else disable_progress_bars)()
+    if not progress:  # a first run may take minutes: say why (the bars are for `models --download`)
+        size = sum(sizes.get(f, 0) for f in files) / 1e6
+        print(f"region-perception: fetching {what} {repo_id}@{resolved.resolved} ({len(files)} files, {size:.1f} MB) "
+              f"from {hub_endpoint()} into the cache", file=sys.stderr, flush=True)
     try:
         path = Path(snapshot_download(repo_id, revision=resolved, allow_patterns=files, cache_dir=cache_dir))
     except Exception as exc:
