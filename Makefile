@@ -34,12 +34,15 @@ SOAK_MINUTES ?= 10
 soak: setup
 	HF_HUB_OFFLINE=1 $(PY) -m region_perception.ros.soak --minutes $(SOAK_MINUTES) --json bench_out/soak.json
 
-# Train the toy RegionVLM, Florence-2 and RegionGPT from scratch on the synthetic world (CPU), evaluate
-# them on held-out scenes and install in region_perception/data/toy/ those that meet their targets
-# (docs/training.md). Packaged weights are only replaced with TOY_OVERWRITE=1; TOY_ONLY=toy-florence2
-# trains one of them.
+# Train the toy RegionVLM, Florence-2 and RegionGPT on the synthetic world (CPU): stage 0 pre-trains each vision
+# tower, stage 1 the region pathway on it frozen; evaluate on held-out scenes; install in region_perception/data/toy/
+# those that meet their targets (docs/training.md). Packaged weights are only replaced with TOY_OVERWRITE=1;
+# TOY_ONLY=toy-florence2 trains one. Threads: OMP_NUM_THREADS (default: the cores, at most 4), with passive
+# OpenMP waits (spinning waits made a step 20x slower when the machine had other load).
+TOY_THREADS ?= $(shell n=$$(nproc); echo $$(( n < 4 ? n : 4 )))
 train-toy: setup
-	HF_HUB_OFFLINE=1 OMP_NUM_THREADS=$${OMP_NUM_THREADS:-1} $(PY) -m region_perception.training.toys \
+	HF_HUB_OFFLINE=1 OMP_WAIT_POLICY=PASSIVE OMP_NUM_THREADS=$${OMP_NUM_THREADS:-$(TOY_THREADS)} \
+	  $(PY) -m region_perception.training.toys \
 	  --work build/train-toy $(if $(filter 1 yes true,$(TOY_OVERWRITE)),--overwrite) $(if $(TOY_ONLY),--only $(TOY_ONLY))
 
 lint: setup

@@ -29,7 +29,7 @@ from ..models.toy import TOY_DIR, TOY_MODELS
 STAGE0 = {"batch_size": 32, "lr": 2e-3, "weight_decay": 0.05, "warmup_ratio": 0.05}
 STAGE1 = {"batch_size": 32, "lr": 1e-3, "warmup_ratio": 0.03}
 RECIPES: dict[str, dict] = {
-    "toy-regionvlm": {"stage0": {**STAGE0, "steps": 400}, "stage1": {**STAGE1, "steps": 2000}},
+    "toy-regionvlm": {"stage0": {**STAGE0, "steps": 800}, "stage1": {**STAGE1, "steps": 2000}},
     "toy-florence2": {"stage0": {**STAGE0, "steps": 600}, "stage1": {**STAGE1, "steps": 2000}},
     "toy-regiongpt": {"stage0": {**STAGE0, "steps": 400}, "stage1": {**STAGE1, "steps": 1500}},
 }
