@@ -445,3 +445,35 @@ def test_a_slow_hub_delivers_every_byte_and_a_cut_one_fewer():
         with pytest.raises(http.client.IncompleteRead) as info:
             _get(location)
         assert len(info.value.partial) == len(data) // 4
+
+
+@pytest.mark.slow
+def test_a_node_whose_hub_fails_stays_inactive_with_the_reason_in_its_diagnostics(hub, child_env, tmp_path):
+    from diagnostic_msgs.msg import DiagnosticStatus
+
+    from region_perception.ros.processes import node_command
+
+    from .helpers.ros_client import RosClient
+
+    hub.fail("status", status=500)
+    log = open(tmp_path / "node.log", "w")
+    node = subprocess.Popen(node_command(model=BLIP, model_revision="v1", diagnostics_period_s=0.5),
+                            env=hub_env(child_env, tmp_path, hub), stdout=log, stderr=subprocess.STDOUT)
+    client = RosClient("hub_failure_client")
+    try:
+        def errored() -> bool:
+            return client.diagnostic_values().get("_level") == str(DiagnosticStatus.ERROR)
+
+        assert client.wait(errored, 300), (client.diagnostic_values(), (tmp_path / "node.log").read_text()[-3000:])
+        values = client.diagnostic_values()
+        assert values["load_error_reason"] == "hub_error" and values["model_revision"] == "v1"
+        assert "answered HTTP 500" in values["_message"] and "\n" not in values["_message"]
+        assert node.poll() is None, "the node stays up, inactive"
+    finally:
+        client.close()
+        node.send_signal(signal.SIGINT)
+        try:
+            node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            node.kill()
+        log.close()

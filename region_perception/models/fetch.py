@@ -136,7 +136,7 @@ def cached(repo_id: str, revision: str = "", *, need: str = "config.json",
     try:
         listed = [f.path for f in get_cached_repo_tree(repo_id, revision=commit, cache_dir=cache_dir)]
         files = choose_files(listed)
-    except CachedRepoTreeNotFoundError:  # fetched by something else (transformers itself): judge by what is there
+    except (CachedRepoTreeNotFoundError, OSError, ValueError):  # fetched by something else: judge by what is there
         files = None
     try:
         path = Path(snapshot_download(repo_id, revision=commit, cache_dir=cache_dir, local_files_only=True,
