@@ -127,7 +127,8 @@ class LogReader:
             return topic
         if not images:
             raise LogError(f"{self.path}: no sensor_msgs/Image or CompressedImage topic (found: {found})")
-        colour = {t: i for t, i in images.items() if not is_depth_topic(t)} or images  # not the depth images
+        # the camera's: not a depth image, nor the node's overlay (a recording holds as many of those)
+        colour = {t: i for t, i in images.items() if not is_depth_topic(t) and "overlay" not in t} or images
         return max(colour, key=lambda t: colour[t].count)
 
     def depth_topic(self, topic: str | None = None) -> str | None:
