@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -307,13 +308,37 @@ class DepthSource:
         self.frames = FrameBuffer(max(1, int(self.settings.buffer_size)), self.settings.max_stamp_diff_ms / 1000.0)
         self._arrived = threading.Condition()
         self._info: _CameraInfo | None = None
+        self._colour: deque[Frame] = deque(maxlen=max(1, int(self.settings.buffer_size)))  # to match depth to
+
+    def colour_arrived(self, frame: Frame) -> None:
+        """Match a new colour frame with its depth frame, now or when that arrives (``frame.depth``).
+
+        The match travels with the colour frame, so a query whose model call outlasts the depth
+        buffer still finds its depth frame at the 3D step.
+        """
+        with self._arrived:
+            nearest = self.frames.nearest(frame.stamp_ns)
+            if nearest is not None and self._matches(nearest, frame):
+                frame.depth = nearest
+            self._colour.append(frame)
+
+    def _matches(self, depth: Frame, colour: Frame) -> bool:
+        """``depth`` is within the tolerance of ``colour`` and nearer than its current match."""
+        diff = abs(depth.stamp_ns - colour.stamp_ns)
+        if diff > self.settings.max_stamp_diff_ms * 1e6:
+            return False
+        return colour.depth is None or diff < abs(colour.depth.stamp_ns - colour.stamp_ns)
 
     def add_depth(self, stamp_ns: int, frame_id: str, raw: Any, decode: Any = None) -> None:
         """A depth frame as received; ``decode(raw)`` gives metres (default: a sensor_msgs/Image)."""
         scale = self.settings.scale
         decoder = decode or (lambda m: depth_msg_to_metres(m, scale))
+        depth = Frame(int(stamp_ns), frame_id, raw, decoder)
         with self._arrived:
-            self.frames.add(Frame(int(stamp_ns), frame_id, raw, decoder))
+            self.frames.add(depth)
+            for colour in self._colour:  # recent colour frames waiting for (a nearer) depth
+                if self._matches(depth, colour):
+                    colour.depth = depth
             self._arrived.notify_all()
 
     def add_depth_array(self, stamp_ns: int, frame_id: str, metres: np.ndarray) -> None:
@@ -333,15 +358,17 @@ class DepthSource:
     def set_intrinsics(self, intrinsics: Intrinsics, frame_id: str = "") -> None:
         self._info = _CameraInfo(intrinsics, frame_id)
 
-    def depth_for(self, stamp_ns: int) -> Frame:
-        """The depth frame nearest the colour stamp within the tolerance (waits for a lagging one)."""
+    def depth_for(self, stamp_ns: int, matched: Frame | None = None) -> Frame:
+        """The depth frame nearest the colour stamp within the tolerance (waits for a lagging one);
+        ``matched``: the one matched to the colour frame on arrival (see colour_arrived), if any."""
         if stamp_ns <= 0:
             raise DepthError("the image has no stamp (sent with the query): no depth frame can be matched to it")
         tol_ns = self.settings.max_stamp_diff_ms * 1e6
         deadline = time.monotonic() + max(0.0, self.settings.wait_ms) / 1000.0
         with self._arrived:
             while True:
-                nearest = self.frames.nearest(stamp_ns)
+                found = [f for f in (self.frames.nearest(stamp_ns), matched) if f is not None]
+                nearest = min(found, key=lambda f: abs(f.stamp_ns - stamp_ns)) if found else None
                 newest = self.frames.latest()
                 if nearest is not None and abs(nearest.stamp_ns - stamp_ns) <= tol_ns:
                     return nearest
@@ -362,15 +389,16 @@ class DepthSource:
             f"(depth_max_stamp_diff_ms {self.settings.max_stamp_diff_ms:g})"
         )
 
-    def locate(self, result: Any, colour_stamp_ns: int, colour_frame_id: str = "") -> str:
+    def locate(self, result: Any, colour_stamp_ns: int, colour_frame_id: str = "", matched: Frame | None = None) -> str:
         """Give each output of ``result`` a Location (or a note why not); the positions' frame id.
 
-        Never raises for bad depth: the answer stands, without positions.
+        ``matched``: the colour frame's depth match (``Frame.depth``). Never raises for bad
+        depth: the answer stands, without positions.
         """
         started = time.perf_counter()
         frame_id = ""
         try:
-            depth = self.depth_for(colour_stamp_ns)
+            depth = self.depth_for(colour_stamp_ns, matched)
             try:
                 metres = depth.image()
             except DepthError as exc:

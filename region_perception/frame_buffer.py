@@ -24,6 +24,9 @@ class Frame:
     decode: Callable[[Any], np.ndarray] = field(repr=False)
     _image: np.ndarray | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # the aligned depth frame matched to this colour frame (depth3d.DepthSource): it stays with the
+    # frame for as long as a query holds it, however long the model takes
+    depth: Any = field(default=None, repr=False)
 
     @property
     def key(self) -> str:

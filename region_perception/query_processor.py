@@ -398,7 +398,9 @@ class QueryProcessor:
         if source is None or outcome.status != Status.OK or outcome.result is None or outcome.frame is None:
             return
         try:
-            outcome.position_frame_id = source.locate(outcome.result, outcome.frame.stamp_ns, outcome.frame.frame_id)
+            frame = outcome.frame
+            matched = getattr(frame, "depth", None)  # matched on arrival: outlives the depth buffer
+            outcome.position_frame_id = source.locate(outcome.result, frame.stamp_ns, frame.frame_id, matched)
         except Exception as exc:  # a bug in the 3D step must not turn an answer into an error
             log.exception("3D step of %s failed", outcome.query_id)
             outcome.result.notes.append(f"no 3D position: {type(exc).__name__}: {exc}")

@@ -256,6 +256,27 @@ def test_a_lagging_depth_frame_is_waited_for_and_a_late_one_is_refused():
     assert any("ms older than the colour frame" in n for n in res.notes), res.notes
 
 
+def test_a_colour_frames_depth_match_outlives_the_depth_buffer():
+    """A model call longer than the depth buffer's span must not lose the query its depth frame."""
+    s = source(buffer_size=3, wait_ms=0)
+    early = Frame(1_000_000_000, "cam", None, lambda raw: raw)
+    s.colour_arrived(early)  # before its depth frame: matched when that arrives (10 ms later)
+    s.add_depth(1_010_000_000, "cam", DepthMsg(scene_depth()))
+    late = Frame(1_500_000_000, "cam", None, lambda raw: raw)
+    s.add_depth(1_500_000_000, "cam", DepthMsg(scene_depth()))
+    s.colour_arrived(late)  # after its depth frame: matched at once
+    for i in range(10):  # the depth buffer moves on while the model runs
+        s.add_depth(2_000_000_000 + i * 100_000_000, "cam", DepthMsg(scene_depth()))
+    assert early.depth.stamp_ns == 1_010_000_000 and late.depth.stamp_ns == 1_500_000_000
+    for frame in (early, late):
+        res = result_for([OBJECTS[0][0]])
+        s.locate(res, frame.stamp_ns, "cam", frame.depth)
+        assert res.outputs[0].location.has_position, res.notes
+    res = result_for([OBJECTS[0][0]])
+    s.locate(res, early.stamp_ns, "cam")  # without the match: the buffer no longer has it
+    assert not res.outputs[0].location.has_position
+
+
 # -- through the query processor's worker ---------------------------------------------------------
 
 

@@ -279,7 +279,10 @@ class RegionPerceptionNode(LifecycleNode):
 
     def _add_frame(self, msg, decode) -> None:
         stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        self.frames.add(Frame(stamp, msg.header.frame_id, msg, decode))  # decoded only when queried
+        frame = Frame(stamp, msg.header.frame_id, msg, decode)
+        self.frames.add(frame)  # decoded only when queried
+        if self.depth_source is not None:
+            self.depth_source.colour_arrived(frame)  # its depth frame travels with it
         self.processor.frame_arrived()
         self._image_times.append(time.monotonic())
         if len(self._image_times) > 60:
