@@ -1,11 +1,13 @@
-"""``make train-toy``: train the toy RegionVLM, Florence-2 and RegionGPT from scratch on the synthetic world (no rclpy).
+"""``make train-toy``: make the toy RegionVLM, Florence-2 and RegionGPT on the synthetic world (no rclpy).
 
-Why a script of its own: the figures in docs/evaluation.md and the packaged weights under
+Why a script of its own: the figures in docs/training.md and the packaged weights under
 ``region_perception/data/toy/`` must come from one reproducible command. It writes the synthetic
-world (training scenes from seed 0; its val split is held out), trains each toy with its recipe
-below through ``region-perception train`` (same trainer, same harness evaluation on the val split),
-checks the issue's targets, and copies the trained directory into the package only when it meets
-them. Packaged weights are replaced only with ``--overwrite`` (``make train-toy TOY_OVERWRITE=1``).
+world (training scenes from seed 0; its val split is held out) and, per toy, runs ``region-perception
+train --stage vision`` (stage 0: the vision tower) and then ``train`` on its output (stage 1: the
+region pathway on the frozen tower), evaluates it with the harness on the val split, checks the
+issue's targets, writes a model card saying how it was made, and copies the trained directory into
+the package only when it meets them. Packaged weights are replaced only with ``--overwrite``
+(``make train-toy TOY_OVERWRITE=1``).
 
     python -m region_perception.training.toys [--only toy-florence2] [--overwrite] [--work build/train-toy]
 """
@@ -30,8 +32,8 @@ STAGE0 = {"batch_size": 32, "lr": 2e-3, "weight_decay": 0.05, "warmup_ratio": 0.
 STAGE1 = {"batch_size": 32, "lr": 1e-3, "warmup_ratio": 0.03}
 RECIPES: dict[str, dict] = {
     "toy-regionvlm": {"stage0": {**STAGE0, "steps": 800}, "stage1": {**STAGE1, "steps": 2000}},
-    "toy-florence2": {"stage0": {**STAGE0, "steps": 600}, "stage1": {**STAGE1, "steps": 2000}},
-    "toy-regiongpt": {"stage0": {**STAGE0, "steps": 400}, "stage1": {**STAGE1, "steps": 1500}},
+    "toy-florence2": {"stage0": {**STAGE0, "steps": 600}, "stage1": {**STAGE1, "steps": 1200}},
+    "toy-regiongpt": {"stage0": {**STAGE0, "steps": 600}, "stage1": {**STAGE1, "steps": 1200}},
 }
 TASKS = ["caption", "classify", "refer"]
 WORLD = {"images": 3000, "size": 128, "seed": 0, "val_fraction": 0.1}
@@ -84,8 +86,9 @@ def train_one(name: str, world: Path, work: Path, dest: Path, eval_limit: int, p
     t0 = time.perf_counter()
     tower = work / f"{name}.stage0"  # the pre-trained tower (stage 0)
     out = work / name  # the toy (stage 1): REGION_PERCEPTION_TOY_DIR=WORK points the tests at it
-    stage0 = train(TrainConfig(model=name, data=str(world), tasks=[], out=tower, overwrite=True, device="cpu",
-                               eval_limit=eval_limit, progress=progress, stage="vision", **recipe["stage0"]))
+    cfg0 = TrainConfig(model=name, data=str(world), tasks=[], out=tower, overwrite=True, device="cpu",
+                       eval_limit=eval_limit, progress=progress, stage="vision", **recipe["stage0"])
+    stage0 = finished_stage(cfg0) or train(cfg0)
     summary = train(TrainConfig(model=str(tower), data=str(world), tasks=list(TASKS), out=out, overwrite=True,
                                 device="cpu", eval_limit=eval_limit, progress=progress, **recipe["stage1"]))
     summary["model"] = name
@@ -101,6 +104,20 @@ def train_one(name: str, world: Path, work: Path, dest: Path, eval_limit: int, p
         # the weights, processor, card and metadata; not the per-item evaluation rows (they stay in work/)
         shutil.copytree(out, dest, ignore=shutil.ignore_patterns("eval", "checkpoints"))
     return summary
+
+
+def finished_stage(cfg) -> dict | None:
+    """The summary of a completed run of exactly ``cfg`` in ``cfg.out`` (model, data, stage, schedule, seed),
+    so an interrupted ``make train-toy`` does not pre-train a tower again; None when there is none."""
+    done = Path(cfg.out) / "training.json"
+    if not done.is_file() or not (Path(cfg.out) / "model.safetensors").is_file():
+        return None
+    info = json.loads(done.read_text())
+    keys = ("model", "data", "stage", "steps", "batch_size", "lr", "weight_decay", "warmup_ratio", "seed", "sizes")
+    if any(info.get("config", {}).get(k) != getattr(cfg, k) for k in keys):
+        return None
+    print(f"train-toy: reusing the finished {cfg.stage} stage in {cfg.out}", file=sys.stderr)
+    return info
 
 
 def _write_card(out: Path, name: str, summary: dict) -> None:
