@@ -211,6 +211,10 @@ def test_the_node_refuses_malformed_service_calls_at_once_while_its_queue_is_ful
     from .test_reliability import caption, diag_int
 
     client, node = held_node
+    # the node must hear the query topic and have a camera frame before the burst, else a query is
+    # lost to discovery or answered NO_FRAME and the queue never fills (seen on a fresh clone)
+    assert client.wait(lambda: client.query_pub.get_subscription_count() > 0
+                       and diag_int(client, "frames_received") > 0, 120), client.diagnostic_values()
     valid = ["held", "queued-0", "queued-1"]
     for i, qid in enumerate(valid):  # distinct lengths: no two share one engine call
         client.query_pub.publish(caption(qid, tokens=2 + i))
