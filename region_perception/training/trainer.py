@@ -410,12 +410,11 @@ def train_vision(cfg: TrainConfig) -> dict:
     if "vision" not in groups or not hasattr(recipe, "vision_grid"):
         raise TrainError(f"--stage vision: the {backend} recipe has no vision tower to pre-train")
     spaces = label_spaces(dataset)
-    try:
-        sampler = VisionSampler(dataset, spaces, 1, pad_square=recipe.pad_square)
-        channels, grid = grid_shape(recipe, model, processor, sampler.item(sampler.image_ids[0])[0])
+    try:  # the grid's size from one forward of the first image, then the targets on that grid
+        channels, grid = grid_shape(recipe, model, processor, dataset.read_image(dataset.samples[0].image_id))
+        sampler = VisionSampler(dataset, spaces, grid, pad_square=recipe.pad_square)
     except ValueError as exc:
         raise TrainError(f"--data {cfg.data}: {exc}") from None
-    sampler = VisionSampler(dataset, spaces, grid, pad_square=recipe.pad_square)
     torch.manual_seed(cfg.seed)
     heads = VisionHeads(channels, spaces)
     accelerator, mixed = _accelerator(cfg)
