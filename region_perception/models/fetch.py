@@ -25,10 +25,12 @@ from __future__ import annotations
 import fnmatch
 import logging
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from .sources import ModelLoadError, hub_endpoint, one_line
+from .errors import ModelLoadError, one_line
+from .hub import hub_endpoint, hub_reachable
 
 log = logging.getLogger("region_perception")
 
@@ -171,12 +173,12 @@ def fetch(
     refresh: bool = False,
     cache_dir: str | Path | None = None,
     progress: bool = False,
+    reachable: Callable[[], bool] = hub_reachable,
 ) -> Fetched:
     """``repo_id`` at ``revision`` as a complete local snapshot, downloading what is missing, or
-    ModelLoadError. ``need``: a file the repository must have (config.json for a model)."""
+    ModelLoadError. ``need``: a file the repository must have (config.json for a model);
+    ``reachable``: asked (only when the cache is not enough) whether the hub can be reached."""
     from huggingface_hub import constants
-
-    from . import sources
 
     revision = revision or "main"
     have, missing = cached(repo_id, revision, need=need, cache_dir=cache_dir)
@@ -185,7 +187,7 @@ def fetch(
     partly = (f"only partly cached ({len(missing)} file(s) missing: {', '.join(missing[:3])}"
               f"{', ...' if len(missing) > 3 else ''})") if missing else "not in the local cache"
     at = f" at revision {revision!r}" if revision != "main" else ""
-    if constants.HF_HUB_OFFLINE or not sources.hub_reachable():
+    if constants.HF_HUB_OFFLINE or not reachable():
         if have is not None:  # refresh asked, but the cached snapshot is complete
             return have
         raise ModelLoadError(

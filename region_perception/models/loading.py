@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from .errors import loud_notice
 from .registry import MODELS, TINY_MODELS, TINY_SAM, TOY_MODELS, offline_fallback
 from .sources import ModelLoadError, Source, from_pretrained, is_hub_id, locate, one_line, read_config
 from .tiny import (
@@ -39,13 +39,6 @@ NOT_POINT_TRAINED = (
     "runs, but its answers ignore the region. Use the released RegionVLM weights "
     "(region-perception convert-regionvlm) for region answers."
 )
-
-
-def loud_notice(message: str) -> None:
-    """A notice nobody can miss: logged and written to stderr in a banner."""
-    log.debug(message)
-    bar = "!" * 78
-    print(f"{bar}\n!! {message}\n{bar}", file=sys.stderr, flush=True)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -26,50 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-REASONS = (
-    "not_found_local",
-    "not_found_hub",
-    "no_network",
-    "unreadable_checkpoint",
-    "unknown_architecture",
-    "unknown_name",
-    "unknown_revision",
-    "hub_error",
-    "download_failed",
-)
-REASON_TEXT = {
-    "not_found_local": "not found locally",
-    "not_found_hub": "not found on the hub",
-    "no_network": "no network",
-    "unreadable_checkpoint": "unreadable checkpoint",
-    "unknown_architecture": "unknown architecture",
-    "unknown_name": "unknown name",
-    "unknown_revision": "unknown revision",
-    "hub_error": "hub error",
-    "download_failed": "download failed",
-}
+from .errors import REASON_TEXT, REASONS, ModelLoadError, one_line  # noqa: F401  (the old names stay here)
+from .fetch import fetch
+
+# Bound here and always called through these globals: replacing ``sources.hub_reachable`` (a test,
+# an offline check) changes every hub question asked while loading, the download's included.
+from .hub import hub_cached, hub_endpoint, hub_reachable, hub_repo_exists  # noqa: F401
+
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}/[A-Za-z0-9][\w.-]{0,95}$")
-
-
-class ModelLoadError(Exception):
-    """A model (region model, segmenter or snapping model) that cannot be loaded, and why.
-
-    ``reason`` is one of :data:`REASONS`; ``str()`` is one line: what was asked for, the
-    reason, and what was tried.
-    """
-
-    def __init__(self, reason: str, what: str, name: str, detail: str) -> None:
-        if reason not in REASONS:
-            raise ValueError(f"unknown ModelLoadError reason {reason!r}")
-        self.reason, self.what, self.name, self.detail = reason, what, name, one_line(detail)
-        super().__init__(f"{what} {name!r}: {REASON_TEXT[reason]} ({reason}): {self.detail}")
-
-
-def one_line(text: object, limit: int = 300) -> str:
-    """The first non-empty line of an error, shortened: messages here are one line."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    first = lines[0] if lines else type(text).__name__
-    return first if len(first) <= limit else first[: limit - 3] + "..."
 
 
 def looks_local(name: str) -> bool:
@@ -86,47 +50,6 @@ def looks_local(name: str) -> bool:
 def is_hub_id(name: str) -> bool:
     """``owner/name`` as the hub spells repository ids (no ``--`` or ``..``), and not a path."""
     return bool(_HUB_ID.match(name)) and "--" not in name and ".." not in name and not looks_local(name)
-
-
-def hub_reachable(timeout_s: float = 3.0) -> bool:
-    """Can files be downloaded now? (transformers itself retries for minutes when not.)"""
-    import socket
-    from urllib.parse import urlparse
-
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    url = urlparse(constants.ENDPOINT)
-    try:
-        with socket.create_connection((url.hostname, url.port or 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def hub_endpoint() -> str:
-    from huggingface_hub import constants
-
-    return constants.ENDPOINT + (" (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else "")
-
-
-def hub_repo_exists(repo_id: str) -> bool:
-    """Does the hub have this model repository? (Asked only when the hub is reachable.)"""
-    from huggingface_hub import repo_exists
-
-    return bool(repo_exists(repo_id))
-
-
-def hub_cached(repo_id: str, filename: str = "config.json") -> str | None:
-    """The cached copy of a hub file, or None: no network is needed to answer."""
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(repo_id, filename)
-    except Exception:  # an id the cache cannot even hold is not cached
-        return None
-    return found if isinstance(found, str) else None
 
 
 @dataclass(frozen=True)
@@ -189,9 +112,7 @@ def locate(
         return Source(what, name, str(path), on_hub=False)
     if not is_hub_id(name):
         raise unknown_name(what, name, known, hint)
-    from .fetch import fetch
-
-    fetched = fetch(what, name, revision, need=need)
+    fetched = fetch(what, name, revision, need=need, reachable=hub_reachable)
     return Source(what, name, str(fetched.path), on_hub=False, commit=fetched.commit, revision=fetched.revision)
 
 

@@ -16,6 +16,7 @@ import torch
 
 from ...timing import Timings
 from ..backend import RegionCue, row_mean_losses, score_cue_rows
+from ..errors import loud_notice
 from . import processing_regiongpt as prompts
 from .modeling_regiongpt import RegionGPTForConditionalGeneration
 
@@ -285,8 +286,6 @@ def wrap_regiongpt(model, processor, *, name: str, device: torch.device, weights
     A LLaVA checkpoint has no ``<region>`` token and no refinement: the token is added (its
     embedding is never looked up) and the fresh refinement is flagged untrained, loudly.
     """
-    from ..loading import loud_notice
-
     if model.config.region_token_index < 0 or prompts.REGION not in processor.tokenizer.get_vocab():
         processor.tokenizer.add_special_tokens({"additional_special_tokens": [prompts.REGION]})
         model.config.region_token_index = processor.tokenizer.convert_tokens_to_ids(prompts.REGION)
