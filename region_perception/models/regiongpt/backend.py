@@ -7,16 +7,15 @@ every prompt on that frame then pools its regions from the cached refined map.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ...timing import Timings
-from ..backend import RegionCue, row_mean_losses, score_cue_rows
+from ..backend import RegionCue, load_pretrained, row_mean_losses, score_cue_rows, wrapping
 from ..errors import loud_notice
+from ..sources import ResolvedSource
 from . import processing_regiongpt as prompts
 from .modeling_regiongpt import RegionGPTForConditionalGeneration
 
@@ -280,19 +279,27 @@ def _whole_image(cue: RegionCue) -> bool:
     return tuple(cue.box_norm) == (0.0, 0.0, 1.0, 1.0) and cue.points_text == ""
 
 
-def wrap_regiongpt(model, processor, *, name: str, device: torch.device, weights_random: bool, path: Path | None):
-    """The engine's RegionGPT from a loaded checkpoint: a RegionGPT directory, or LLaVA's.
+def load(resolved: ResolvedSource, device: torch.device, dtype: torch.dtype, *, trust_remote_code: bool = False):
+    """The engine's RegionGPT from a resolved checkpoint: a RegionGPT directory, or LLaVA's
+    (``loading.BACKENDS["regiongpt"]``).
 
     A LLaVA checkpoint has no ``<region>`` token and no refinement: the token is added (its
     embedding is never looked up) and the fresh refinement is flagged untrained, loudly.
     """
-    if model.config.region_token_index < 0 or prompts.REGION not in processor.tokenizer.get_vocab():
-        processor.tokenizer.add_special_tokens({"additional_special_tokens": [prompts.REGION]})
-        model.config.region_token_index = processor.tokenizer.convert_tokens_to_ids(prompts.REGION)
-    meta = path / "region_perception.json" if path is not None else None
-    trained = bool(meta and meta.exists() and json.loads(meta.read_text()).get("refinement_trained", False))
-    if not weights_random and not trained:
-        loud_notice(REFINEMENT_UNTRAINED.format(name=name))
-    return RegionGPTRegion(
-        model, processor, name=name, device=device, weights_random=weights_random, refinement_trained=trained
+    model, processor = load_pretrained(
+        resolved, RegionGPTForConditionalGeneration, dtype=dtype, trust_remote_code=trust_remote_code
     )
+    with wrapping(resolved):
+        model = model.to(device)
+        prompts.ensure_region_token(model, processor)
+        trained = bool(resolved.meta.get("refinement_trained", False))
+        if not resolved.weights_random and not trained:
+            loud_notice(REFINEMENT_UNTRAINED.format(name=resolved.name))
+        return RegionGPTRegion(
+            model,
+            processor,
+            name=resolved.name,
+            device=device,
+            weights_random=resolved.weights_random,
+            refinement_trained=trained,
+        )

@@ -110,3 +110,11 @@ def pad_mask(mask: np.ndarray) -> np.ndarray:
     out = np.zeros((side, side), dtype=np.float32)
     out[top : top + mask.shape[0], left : left + mask.shape[1]] = mask
     return out
+
+
+def ensure_region_token(model, processor) -> None:
+    """Give the tokenizer ``<region>`` and the model its id where a checkpoint lacks them (LLaVA's):
+    the engine's loader and the training recipe both start here."""
+    if model.config.region_token_index < 0 or REGION not in processor.tokenizer.get_vocab():
+        processor.tokenizer.add_special_tokens({"additional_special_tokens": [REGION]})
+        model.config.region_token_index = processor.tokenizer.convert_tokens_to_ids(REGION)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -132,6 +132,44 @@ def select_trainable(model: torch.nn.Module, groups: dict[str, list[str]], train
     for name, param in model.named_parameters():
         param.requires_grad_(name in names)
     return sorted(names)
+
+
+class RecipeBase:
+    """What the recipes share: ``load`` from any name ``loading.resolve`` knows (registry, tiny, toy,
+    local path, hub id), ``parameter_groups`` from the class's :attr:`groups` prefixes, ``save``.
+
+    A recipe sets ``groups`` and ``model_class()``; ``processor_class()`` and ``prepare()`` (run on the
+    freshly loaded pair, e.g. RegionGPT's ``<region>`` token) where they differ.
+    """
+
+    groups: ClassVar[dict[str, tuple[str, ...]]] = {}
+
+    def model_class(self) -> type:
+        raise NotImplementedError
+
+    def processor_class(self) -> type:
+        from transformers import AutoProcessor
+
+        return AutoProcessor
+
+    def prepare(self, model: torch.nn.Module, processor: Any) -> None:
+        """Fix up a freshly loaded (model, processor) before training (nothing by default)."""
+
+    def load(self, name_or_path: str, device: torch.device) -> tuple[Any, Any]:
+        from ...models.loading import resolve
+
+        path = str(resolve(name_or_path).path)
+        model = self.model_class().from_pretrained(path, dtype=torch.float32)
+        processor = self.processor_class().from_pretrained(path)
+        self.prepare(model, processor)
+        return model.to(device).train(), processor
+
+    def parameter_groups(self, model: torch.nn.Module) -> dict[str, list[str]]:
+        return groups_by_prefix(model, self.groups)
+
+    def save(self, model: torch.nn.Module, processor: Any, out) -> None:
+        model.save_pretrained(out, safe_serialization=True)
+        processor.save_pretrained(out)
 
 
 def groups_by_prefix(model: torch.nn.Module, prefixes: dict[str, tuple[str, ...]]) -> dict[str, list[str]]:

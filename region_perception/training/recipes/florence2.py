@@ -9,12 +9,12 @@ By default the vision tower stays frozen; the projector and the language model l
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from ...models.florence2 import box_to_location_tokens, refer_prompt
-from . import TrainExample, groups_by_prefix, register, unique_images
+from . import RecipeBase, TrainExample, register, unique_images
 
 
 def task_prompt(processor, example: TrainExample) -> str:
@@ -28,26 +28,20 @@ def task_prompt(processor, example: TrainExample) -> str:
     return task + box
 
 
-class Florence2Recipe:
+class Florence2Recipe(RecipeBase):
     backend = "florence2"
     default_train = ("projector", "lm")
     pad_square = False  # Florence-2's processor resizes to a square
+    groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "vision": ("model.vision_tower.",),
+        "projector": ("model.multi_modal_projector.",),
+        "lm": ("model.language_model.", "lm_head."),
+    }
 
-    def load(self, name_or_path: str, device: torch.device):
-        from transformers import AutoProcessor, Florence2ForConditionalGeneration
+    def model_class(self) -> type:
+        from transformers import Florence2ForConditionalGeneration
 
-        model = Florence2ForConditionalGeneration.from_pretrained(name_or_path, dtype=torch.float32)
-        return model.to(device).train(), AutoProcessor.from_pretrained(name_or_path)
-
-    def parameter_groups(self, model: torch.nn.Module) -> dict[str, list[str]]:
-        return groups_by_prefix(
-            model,
-            {
-                "vision": ("model.vision_tower.",),
-                "projector": ("model.multi_modal_projector.",),
-                "lm": ("model.language_model.", "lm_head."),
-            },
-        )
+        return Florence2ForConditionalGeneration
 
     def build_batch(self, model, processor, examples: Sequence[TrainExample]) -> dict:
         """Each distinct image once (``image_index`` maps rows to them); prompts as the engine writes them."""
@@ -75,10 +69,6 @@ class Florence2Recipe:
         out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"],
                     return_dict=True)
         return out.loss
-
-    def save(self, model, processor, out: Path) -> None:
-        model.save_pretrained(out, safe_serialization=True)
-        processor.save_pretrained(out)
 
     def vision_pixels(self, processor, images) -> torch.Tensor:
         return processor.image_processor(images=list(images), return_tensors="pt").pixel_values

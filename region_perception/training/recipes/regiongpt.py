@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from ...models.backend import labels_hint
 from ...models.regiongpt import processing_regiongpt as prompts
 from ...models.regiongpt.backend import cue_mask
-from . import TrainExample, groups_by_prefix, register, tokens_to_grid
+from . import RecipeBase, TrainExample, register, tokens_to_grid
 
 # stage: (groups trained, learning rate); both with a cosine schedule and 3 % warm-up
 STAGES: dict[str, tuple[tuple[str, ...], float]] = {
@@ -43,37 +44,26 @@ def image_token_count(config) -> int:
     return grid * grid + (1 if config.vision_feature_select_strategy == "full" else 0)
 
 
-class RegionGPTRecipe:
+class RegionGPTRecipe(RecipeBase):
     backend = "regiongpt"
     default_train = STAGES["1"][0]
     stages = STAGES
     pad_square = True  # LLaVA-1.5 pads to a centred square before resizing
+    groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "vision": ("model.vision_tower.",),
+        "refiner": ("refiner.",),
+        "projector": ("model.multi_modal_projector.",),
+        "lm": ("model.language_model.", "lm_head."),
+    }
 
-    def load(self, name_or_path: str, device: torch.device):
-        from transformers import AutoProcessor
-
-        from ...models.loading import tiny_path
+    def model_class(self) -> type:
         from ...models.regiongpt import RegionGPTForConditionalGeneration
-        from ...models.registry import TINY_MODELS
 
-        source = str(tiny_path(name_or_path)) if name_or_path in TINY_MODELS else name_or_path
-        model = RegionGPTForConditionalGeneration.from_pretrained(source, dtype=torch.float32)
-        processor = AutoProcessor.from_pretrained(source)
-        if model.config.region_token_index < 0 or prompts.REGION not in processor.tokenizer.get_vocab():
-            processor.tokenizer.add_special_tokens({"additional_special_tokens": [prompts.REGION]})
-            model.config.region_token_index = processor.tokenizer.convert_tokens_to_ids(prompts.REGION)
-        return model.to(device).train(), processor
+        return RegionGPTForConditionalGeneration
 
-    def parameter_groups(self, model: torch.nn.Module) -> dict[str, list[str]]:
-        return groups_by_prefix(
-            model,
-            {
-                "vision": ("model.vision_tower.",),
-                "refiner": ("refiner.",),
-                "projector": ("model.multi_modal_projector.",),
-                "lm": ("model.language_model.", "lm_head."),
-            },
-        )
+    def prepare(self, model, processor) -> None:
+        """A LLaVA checkpoint gets the ``<region>`` token, as the engine's loader gives it."""
+        prompts.ensure_region_token(model, processor)
 
     def build_batch(self, model, processor, examples: Sequence[TrainExample]) -> dict:
         """Padded-square images, their region masks at the processor's size, prompt + target + </s>."""
@@ -121,8 +111,7 @@ class RegionGPTRecipe:
 
     def save(self, model, processor, out: Path) -> None:
         out = Path(out)
-        model.save_pretrained(out, safe_serialization=True)
-        processor.save_pretrained(out)
+        super().save(model, processor, out)
         meta = {"backend": "regiongpt", "refinement_trained": True}
         (out / "region_perception.json").write_text(json.dumps(meta))
 

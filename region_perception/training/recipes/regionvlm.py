@@ -9,13 +9,13 @@ referring instruction for a referring sentence), so what is trained is what is a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
+from typing import ClassVar
 
 import torch
 
 from ...models.backend import labels_hint
 from ...models.regionvlm import _category_prompt, refer_prompt
-from . import TrainExample, groups_by_prefix, register, tokens_to_grid, unique_images
+from . import RecipeBase, TrainExample, register, tokens_to_grid, unique_images
 
 
 def task_prompt(example: TrainExample) -> str:
@@ -27,29 +27,26 @@ def task_prompt(example: TrainExample) -> str:
     return ""
 
 
-class RegionVLMRecipe:
+class RegionVLMRecipe(RecipeBase):
     backend = "regionvlm"
     default_train = ("qformer", "projection")
     pad_square = False  # BLIP's processor resizes to a square
+    groups: ClassVar[dict[str, tuple[str, ...]]] = {
+        "vision": ("vision_model.",),
+        "qformer": ("qformer.", "query_tokens"),
+        "projection": ("language_projection.",),
+        "lm": ("language_model.",),
+    }
 
-    def load(self, name_or_path: str, device: torch.device):
-        from transformers import InstructBlipProcessor
-
+    def model_class(self) -> type:
         from ...models.regionvlm_model import RegionVLMForConditionalGeneration
 
-        model = RegionVLMForConditionalGeneration.from_pretrained(name_or_path, dtype=torch.float32)
-        return model.to(device).train(), InstructBlipProcessor.from_pretrained(name_or_path)
+        return RegionVLMForConditionalGeneration
 
-    def parameter_groups(self, model: torch.nn.Module) -> dict[str, list[str]]:
-        return groups_by_prefix(
-            model,
-            {
-                "vision": ("vision_model.",),
-                "qformer": ("qformer.", "query_tokens"),
-                "projection": ("language_projection.",),
-                "lm": ("language_model.",),
-            },
-        )
+    def processor_class(self) -> type:
+        from transformers import InstructBlipProcessor
+
+        return InstructBlipProcessor
 
     def build_batch(self, model, processor, examples: Sequence[TrainExample]) -> dict:
         """Each distinct image once (``image_index`` maps rows to them); prompts as the engine writes them."""
@@ -99,10 +96,6 @@ class RegionVLMRecipe:
         out = model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                                     labels=batch["labels"], return_dict=True)
         return out.loss
-
-    def save(self, model, processor, out: Path) -> None:
-        model.save_pretrained(out, safe_serialization=True)
-        processor.save_pretrained(out)
 
     def vision_pixels(self, processor, images) -> torch.Tensor:
         return processor.image_processor(images=list(images), return_tensors="pt").pixel_values
