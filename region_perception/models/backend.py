@@ -123,6 +123,56 @@ def score_cue_rows(
     return backend.rows_loss(rows, texts, timings=timings)
 
 
+def chunked_losses(
+    encoded: Sequence[Any],
+    texts: Sequence[str],
+    score_chunk: Callable[[Any, Sequence[str]], torch.Tensor],
+    *,
+    timings: Timings | None = None,
+    rows_of: Callable[[Any], int] = lambda chunk: chunk[0].shape[0],
+) -> np.ndarray:
+    """``rows_loss`` of every backend: each chunk of ``encode_cues`` scored (``score_chunk``) against its
+    rows' texts, in the ``lm_loss`` section, as one float array."""
+    timings = timings or Timings()
+    losses, start = [], 0
+    with timings.section("lm_loss"):
+        for chunk in encoded:
+            rows = rows_of(chunk)
+            losses.append(score_chunk(chunk, texts[start : start + rows]))
+            start += rows
+    return torch.cat(losses).float().cpu().numpy()
+
+
+def decode_answers(tokenizer, ids: torch.Tensor) -> list[str]:
+    """Generated ids as answers: special tokens dropped, whitespace stripped."""
+    return [t.strip() for t in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+class BackendBase:
+    """What the backends share: the loaded pair and the engine's attributes, and ``score_regions`` in
+    terms of the backend's ``encode_cues``/``rows_loss`` (each texts[i] scored as region i's caption)."""
+
+    def __init__(self, model, processor, *, name: str, device: torch.device, weights_random: bool) -> None:
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.name = name
+        self.device = device
+        self.weights_random = weights_random
+
+    def score_regions(
+        self,
+        features: Any,
+        cues: Sequence[RegionCue],
+        texts: Sequence[str] | str,
+        *,
+        batch_size: int = 32,
+        timings: Timings | None = None,
+    ) -> np.ndarray:
+        """Loss of each text as the caption of each region."""
+        return score_cue_rows(self, features, cues, texts, batch_size=batch_size, timings=timings, task="caption")
+
+
 def labels_hint(labels: Sequence[str], vocabulary_name: str = "") -> str:
     """RegionGPT's task-guided phrasing: "COCO-80 category names", or the list itself."""
     if vocabulary_name:

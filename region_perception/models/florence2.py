@@ -17,7 +17,15 @@ import numpy as np
 import torch
 
 from ..timing import Timings
-from .backend import REFER_INSTRUCTION, RegionCue, load_pretrained, row_mean_losses, score_cue_rows, wrapping
+from .backend import (
+    REFER_INSTRUCTION,
+    BackendBase,
+    RegionCue,
+    chunked_losses,
+    load_pretrained,
+    row_mean_losses,
+    wrapping,
+)
 from .sources import ResolvedSource
 
 _LOC = re.compile(r"<loc_\d+>")
@@ -54,7 +62,7 @@ def polygons_to_mask(polygons: Sequence[Sequence[float]], image_size: tuple[int,
     return mask.astype(bool)
 
 
-class Florence2Region:
+class Florence2Region(BackendBase):
     """Region caption / category / scoring / referring segmentation with Florence-2."""
 
     uses_point_draws = False  # a box is deterministic: one draw per proposal
@@ -63,12 +71,7 @@ class Florence2Region:
     refer_prompt = False  # True: score sentences after REFER_INSTRUCTION (set by the loader from the model's files)
 
     def __init__(self, model, processor, *, name: str, device: torch.device, weights_random: bool) -> None:
-        self.model = model.eval()
-        self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.name = name
-        self.device = device
-        self.weights_random = weights_random
+        super().__init__(model, processor, name=name, device=device, weights_random=weights_random)
         self.trained_on_points = True  # region input is native to Florence-2
         self.num_image_tokens = processor.num_image_tokens
         self.image_token_id = model.config.image_token_id
@@ -220,35 +223,22 @@ class Florence2Region:
         """Mean token loss of ``texts[i]`` as row i's description; LM head on scored positions only."""
         from transformers.models.florence2.modeling_florence2 import shift_tokens_right
 
-        timings = timings or Timings()
         cfg = self.model.config.text_config
         decoder = self.model.model.language_model.decoder
-        losses, start = [], 0
-        with timings.section("lm_loss"):
-            for hidden, mask in encoded:
-                tok = self.tokenizer(list(texts[start : start + hidden.shape[0]]), padding=True, return_tensors="pt")
-                start += hidden.shape[0]
-                labels = tok.input_ids.masked_fill(tok.attention_mask == 0, -100).to(self.device)
-                dec = decoder(
-                    input_ids=shift_tokens_right(labels, cfg.pad_token_id, cfg.decoder_start_token_id),
-                    encoder_hidden_states=hidden,
-                    encoder_attention_mask=mask,
-                    return_dict=True,
-                ).last_hidden_state
-                losses.append(row_mean_losses(dec, labels, self.model.lm_head))
-        return torch.cat(losses).float().cpu().numpy()
 
-    def score_regions(
-        self,
-        features: dict,
-        cues: Sequence[RegionCue],
-        texts: Sequence[str] | str,
-        *,
-        batch_size: int = 32,
-        timings: Timings | None = None,
-    ) -> np.ndarray:
-        """Loss of each text as the ``<REGION_TO_DESCRIPTION>`` answer for each region."""
-        return score_cue_rows(self, features, cues, texts, batch_size=batch_size, timings=timings, task="caption")
+        def score(chunk, texts):
+            hidden, mask = chunk
+            tok = self.tokenizer(list(texts), padding=True, return_tensors="pt")
+            labels = tok.input_ids.masked_fill(tok.attention_mask == 0, -100).to(self.device)
+            dec = decoder(
+                input_ids=shift_tokens_right(labels, cfg.pad_token_id, cfg.decoder_start_token_id),
+                encoder_hidden_states=hidden,
+                encoder_attention_mask=mask,
+                return_dict=True,
+            ).last_hidden_state
+            return row_mean_losses(dec, labels, self.model.lm_head)
+
+        return chunked_losses(encoded, texts, score, timings=timings)
 
     @torch.inference_mode()
     def reference_row_loss(self, image_rgb: np.ndarray, cue: RegionCue, text: str) -> float:

@@ -21,7 +21,16 @@ import torch
 
 from ..region_text import multi_region_prompt
 from ..timing import Timings
-from .backend import REFER_INSTRUCTION, RegionCue, load_pretrained, row_mean_losses, wrapping
+from .backend import (
+    REFER_INSTRUCTION,
+    BackendBase,
+    RegionCue,
+    chunked_losses,
+    decode_answers,
+    load_pretrained,
+    row_mean_losses,
+    wrapping,
+)
 from .errors import loud_notice
 from .sources import ResolvedSource
 
@@ -43,7 +52,7 @@ class ImageFeatures:
         return self.image_embeds.numel() * self.image_embeds.element_size()
 
 
-class RegionVLMModel:
+class RegionVLMModel(BackendBase):
     """Caption, ask and score text for regions given as RegionVLM point text."""
 
     uses_point_draws = True
@@ -53,13 +62,8 @@ class RegionVLMModel:
     def __init__(
         self, model, processor, *, name: str, device: torch.device, weights_random: bool, trained_on_points: bool
     ) -> None:
-        self.model = model.eval()
-        self.processor = processor
-        self.tokenizer = processor.tokenizer
+        super().__init__(model, processor, name=name, device=device, weights_random=weights_random)
         self.qformer_tokenizer = processor.qformer_tokenizer
-        self.name = name
-        self.device = device
-        self.weights_random = weights_random
         self.trained_on_points = trained_on_points
         self.region_aware = trained_on_points or weights_random
         self.num_query_tokens = model.config.num_query_tokens
@@ -139,7 +143,7 @@ class RegionVLMModel:
                 do_sample=False,
                 suppress_tokens=self._never_generate,
             )
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return decode_answers(self.tokenizer, out)
 
     @torch.inference_mode()
     def generate(
@@ -272,28 +276,25 @@ class RegionVLMModel:
         self, encoded: list[torch.Tensor], texts: Sequence[str], *, timings: Timings | None = None
     ) -> np.ndarray:
         """Mean token loss of ``texts[i]`` for row i; the LM head only sees scored positions."""
-        timings = timings or Timings()
         lm = self.model.language_model
-        losses, start = [], 0
-        with timings.section("lm_loss"):
-            for hidden in encoded:
-                labels = self._labels(texts[start : start + hidden.shape[0]])
-                start += hidden.shape[0]
-                mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=self.device)
-                if self._is_t5():
-                    dec = lm.get_decoder()(
-                        input_ids=lm._shift_right(labels),
-                        encoder_hidden_states=hidden,
-                        encoder_attention_mask=mask,
-                        return_dict=True,
-                    ).last_hidden_state
-                    if getattr(lm.config, "scale_decoder_outputs", False):
-                        dec = dec * (lm.config.d_model**-0.5)
-                    losses.append(row_mean_losses(dec, labels, lm.lm_head))
-                else:
-                    logits = lm(inputs_embeds=hidden, attention_mask=mask, labels=labels, return_dict=True).logits
-                    losses.append(row_mean_losses(logits, labels, lambda x: x))
-        return torch.cat(losses).float().cpu().numpy()
+
+        def score(hidden, texts):
+            labels = self._labels(texts)
+            mask = torch.ones(hidden.shape[:2], dtype=torch.long, device=self.device)
+            if self._is_t5():
+                dec = lm.get_decoder()(
+                    input_ids=lm._shift_right(labels),
+                    encoder_hidden_states=hidden,
+                    encoder_attention_mask=mask,
+                    return_dict=True,
+                ).last_hidden_state
+                if getattr(lm.config, "scale_decoder_outputs", False):
+                    dec = dec * (lm.config.d_model**-0.5)
+                return row_mean_losses(dec, labels, lm.lm_head)
+            logits = lm(inputs_embeds=hidden, attention_mask=mask, labels=labels, return_dict=True).logits
+            return row_mean_losses(logits, labels, lambda x: x)
+
+        return chunked_losses(encoded, texts, score, timings=timings, rows_of=lambda hidden: hidden.shape[0])
 
     def score_texts(
         self,

@@ -13,7 +13,15 @@ import numpy as np
 import torch
 
 from ...timing import Timings
-from ..backend import RegionCue, load_pretrained, row_mean_losses, score_cue_rows, wrapping
+from ..backend import (
+    BackendBase,
+    RegionCue,
+    chunked_losses,
+    decode_answers,
+    load_pretrained,
+    row_mean_losses,
+    wrapping,
+)
 from ..errors import loud_notice
 from ..sources import ResolvedSource
 from . import processing_regiongpt as prompts
@@ -41,7 +49,7 @@ def cue_mask(cue: RegionCue, image_size: tuple[int, int]) -> np.ndarray:
     return out
 
 
-class RegionGPTRegion:
+class RegionGPTRegion(BackendBase):
     """Caption / ask / category / scoring / "Region [i]" comprehension with RegionGPT."""
 
     uses_point_draws = False  # a mask is deterministic: one row per proposal
@@ -59,12 +67,7 @@ class RegionGPTRegion:
         weights_random: bool,
         refinement_trained: bool = True,
     ) -> None:
-        self.model = model.eval()
-        self.processor = processor
-        self.tokenizer = processor.tokenizer
-        self.name = name
-        self.device = device
-        self.weights_random = weights_random
+        super().__init__(model, processor, name=name, device=device, weights_random=weights_random)
         self.refinement_trained = refinement_trained
         self.region_aware = refinement_trained
         self.region_note = "RegionGPT's refinement is untrained (a LLaVA checkpoint): region features are coarse"
@@ -131,7 +134,7 @@ class RegionGPTRegion:
                 eos_token_id=self.tokenizer.eos_token_id,
                 suppress_tokens=self._never_generate(),
             )
-        return [t.strip() for t in self.tokenizer.batch_decode(out, skip_special_tokens=True)]
+        return decode_answers(self.tokenizer, out)
 
     def _never_generate(self) -> list[int]:
         ids = {self.model.config.image_token_index, self.model.config.region_token_index, self.tokenizer.pad_token_id}
@@ -210,15 +213,10 @@ class RegionGPTRegion:
         self, encoded: list[tuple[torch.Tensor, torch.Tensor]], texts: Sequence[str], *, timings: Timings | None = None
     ) -> np.ndarray:
         """Mean token loss of ``texts[i]`` (then ``</s>``) as the answer to row i's prompt."""
-        timings = timings or Timings()
-        losses, start = [], 0
-        with timings.section("lm_loss"):
-            for embeds, mask in encoded:
-                rows = embeds.shape[0]
-                batch = [f" {t.strip()}" for t in texts[start : start + rows]]
-                start += rows
-                losses.append(self._answer_loss(embeds, mask, batch))
-        return torch.cat(losses).float().cpu().numpy()
+        return chunked_losses(
+            encoded, texts, lambda chunk, rows: self._answer_loss(*chunk, [f" {t.strip()}" for t in rows]),
+            timings=timings,
+        )
 
     def _answer_loss(self, embeds: torch.Tensor, mask: torch.Tensor, answers: Sequence[str]) -> torch.Tensor:
         rows = [
@@ -238,18 +236,6 @@ class RegionGPTRegion:
         prompt_len = embeds.shape[1]
         labels = ids.masked_fill(amask == 0, -100)
         return row_mean_losses(hidden[:, prompt_len - 1 : prompt_len - 1 + ids.shape[1]], labels, self.model.lm_head)
-
-    def score_regions(
-        self,
-        features: dict,
-        cues: Sequence[RegionCue],
-        texts: Sequence[str] | str,
-        *,
-        batch_size: int = 32,
-        timings: Timings | None = None,
-    ) -> np.ndarray:
-        """Loss of each text as the caption of each region."""
-        return score_cue_rows(self, features, cues, texts, batch_size=batch_size, timings=timings, task="caption")
 
     @torch.inference_mode()
     def comprehend(
