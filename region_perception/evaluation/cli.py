@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 
+from ..cli.common import CliError, engine_from_args, print_summary
 from .runner import TASKS
 
 
@@ -45,7 +45,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import CliError, _engine
     from ..datasets import load_dataset
     from .runner import evaluate, summarize_file
 
@@ -59,16 +58,12 @@ def run(args: argparse.Namespace) -> int:
     else:
         if args.device and args.device.startswith("cuda") and ":" not in args.device and "LOCAL_RANK" in os.environ:
             args.device = f"cuda:{int(os.environ['LOCAL_RANK'])}"  # torchrun: one GPU per rank
-        engine = None if args.predictions else _engine(args)
+        engine = None if args.predictions else engine_from_args(args)
         summary = evaluate(
             args.task, engine, dataset, limit=args.limit, out=Path(args.out) if args.out else None,
             progress=args.progress, predictions=args.predictions, region=args.region, rank=args.rank,
             vocabulary_name=args.vocabulary_name, candidates=args.candidates, meteor=args.meteor,
             route=args.refer_route or "", seed=args.seed or 0,
         )
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    print_summary(summary, args.json)
     return 0

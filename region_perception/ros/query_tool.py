@@ -22,11 +22,11 @@ from rclpy.utilities import remove_ros_args
 from region_perception.msg import Region, RegionQuery, RegionResult
 from region_perception.srv import QueryRegions
 
-from ..cli import CliError, _numbers, parse_points
+from ..cli.common import CliError, box_from_text, parse_points
 from ..status import Status
 from .image_conversion import array_to_image_msg
 from .msg_dict import msg_to_dict
-from .script_runner import script_main
+from .script_runner import client_node, script_main
 
 TASKS = {
     "caption": RegionQuery.CAPTION,
@@ -46,10 +46,7 @@ def build_query(args: argparse.Namespace) -> RegionQuery:
         pts = parse_points(text, "--scribble")
         q.regions.append(Region(kind=Region.SCRIBBLE, points=[Point32(x=x, y=y) for x, y in pts]))
     for text in args.box or []:
-        vals = _numbers(text, "--box")
-        if len(vals) != 4:
-            raise CliError(f"--box: expected x1,y1,x2,y2, got {text!r}")
-        q.regions.append(Region(kind=Region.BOX, box=np.array(vals, dtype=np.float32)))
+        q.regions.append(Region(kind=Region.BOX, box=np.array(box_from_text(text), dtype=np.float32)))
     for path in args.mask or []:
         mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
         if mask is None:
@@ -149,13 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, KeyError) as exc:
         print(f"region-perception-query: error: {exc}", file=sys.stderr)
         return 2
-    rclpy.init(args=argv)
-    node = rclpy.create_node(f"region_perception_query_{uuid.uuid4().hex[:6]}")
-    try:
+    with client_node(argv) as node:
         result = send(node, query, service=args.service, timeout=args.timeout, service_name=f"{args.node}/query")
-    finally:
-        node.destroy_node()
-        rclpy.shutdown()
     if result is None:
         print(
             f"region-perception-query: error: no result for {query.query_id} within {args.timeout:g} s", file=sys.stderr

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TextIO
 
 import numpy as np
@@ -121,10 +124,21 @@ def run_script(
     return counts
 
 
+@contextmanager
+def client_node(argv: list[str]) -> Iterator:
+    """rclpy started with ``argv`` and a uniquely named client node, both gone on leaving (the query tool's)."""
+    rclpy.init(args=argv)
+    node = rclpy.create_node(f"region_perception_query_{uuid.uuid4().hex[:6]}")
+    try:
+        yield node
+    finally:
+        node.destroy_node()
+        rclpy.shutdown()
+
+
 def script_main(args, argv: list[str], summarize) -> int:
     """The ``--script`` mode of ``region-perception-query``: 0 all OK, 3 some not OK, 1 some missing, 2 bad input."""
     import sys
-    import uuid
 
     from ..logs import LogError
     from ..logs.script import load_script
@@ -137,22 +151,19 @@ def script_main(args, argv: list[str], summarize) -> int:
     except (LogError, OSError) as exc:
         print(f"region-perception-query: error: {exc}", file=sys.stderr)
         return 2
-    rclpy.init(args=argv)
-    node = rclpy.create_node(f"region_perception_query_{uuid.uuid4().hex[:6]}")
     try:
-        counts = run_script(
-            node,
-            queries,
-            out,
-            summarize,
-            timeout=args.timeout,
-            frames=args.frames,
-            image_topic=args.image_topic,
-            min_subscribers=args.min_subscribers,
-        )
+        with client_node(argv) as node:
+            counts = run_script(
+                node,
+                queries,
+                out,
+                summarize,
+                timeout=args.timeout,
+                frames=args.frames,
+                image_topic=args.image_topic,
+                min_subscribers=args.min_subscribers,
+            )
     finally:
-        node.destroy_node()
-        rclpy.shutdown()
         if out is not sys.stdout:
             out.close()
     print(f"region-perception-query: {dict(counts)}", file=sys.stderr)

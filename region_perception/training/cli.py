@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ..cli.common import CliError, print_summary
+
 
 def add_parser(sub) -> None:
     """Register ``train`` on the main parser's subcommands."""
@@ -51,7 +53,6 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import CliError
     from .trainer import TrainConfig, TrainError, train
 
     try:
@@ -76,9 +77,5 @@ def run(args: argparse.Namespace) -> int:
 
     if rank_world()[0] != 0:
         return 0
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        for key, value in summary.items():
-            print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+    print_summary(summary, args.json)
     return 0

@@ -15,114 +15,21 @@ from typing import Any
 
 import numpy as np
 
-from .regions import BoxRegion, MaskRegion, PointsRegion, Region, RegionError, ScribbleRegion
-
-EXIT_BAD_INPUT = 2
-DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[1] / "config" / "default.yaml"
-
-
-class CliError(ValueError):
-    """Bad command-line input: printed as one line, exit status 2."""
-
-
-def _numbers(text: str, what: str) -> list[float]:
-    try:
-        return [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
-    except ValueError:
-        raise CliError(f"{what}: {text!r} is not a list of numbers") from None
-
-
-def parse_points(text: str, what: str = "--points") -> np.ndarray:
-    """``"x,y;x,y"`` -> (N, 2)."""
-    pairs = [p for p in text.split(";") if p.strip()]
-    rows = []
-    for pair in pairs:
-        vals = _numbers(pair, what)
-        if len(vals) != 2:
-            raise CliError(f"{what}: {pair!r} is not an x,y pair")
-        rows.append(vals)
-    if not rows:
-        raise CliError(f"{what}: no points given")
-    return np.array(rows, dtype=np.float64)
-
-
-def read_image(path: str) -> np.ndarray:
-    import cv2
-
-    if not Path(path).is_file():
-        raise CliError(f"image {path!r}: no such file")
-    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
-    if bgr is None:
-        raise CliError(f"image {path!r}: not an image OpenCV can read")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
-
-
-def regions_from_args(args: argparse.Namespace, size: tuple[int, int]) -> list[Region]:
-    """Every region option, in the order given on the command line."""
-    import cv2
-
-    height, width = size
-    scale = np.array([width, height], dtype=np.float64) if args.normalized else np.ones(2)
-    regions: list[Region] = []
-    for text in args.points or []:
-        regions.append(PointsRegion(parse_points(text) * scale))
-    for text in args.scribble or []:
-        regions.append(ScribbleRegion(parse_points(text, "--scribble") * scale))
-    for text in args.box or []:
-        vals = _numbers(text, "--box")
-        if len(vals) != 4:
-            raise CliError(f"--box: expected x1,y1,x2,y2, got {text!r}")
-        regions.append(BoxRegion(np.array(vals) * np.tile(scale, 2)))
-    for path in args.mask or []:
-        mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            raise CliError(f"--mask {path!r}: not an image OpenCV can read")
-        regions.append(MaskRegion(mask > 0))
-    return regions
-
-
-def _engine(args: argparse.Namespace):
-    from .config_file import engine_values, load_parameters
-    from .engine import EngineConfig, RegionEngine
-
-    values: dict[str, Any] = engine_values(load_parameters(args.config)) if args.config else {}
-    for key in ("model", "fallback_model", "segmenter", "proposals", "refer_route", "device", "dtype", "seed",
-                "model_revision", "segmenter_revision"):
-        if getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
-    return RegionEngine.load(EngineConfig.from_dict(values))
-
-
-def _print(result: dict[str, Any], as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(result, indent=1))
-        return
-    if result.get("weights_random"):
-        print("*** RANDOM WEIGHTS: the text below exercises the code path; it is not a prediction ***")
-    for note in result.get("notes", []):
-        print(f"note: {note}")
-    for i, out in enumerate(result.get("outputs", [])):
-        name = out.get("name") or f"region {i}"
-        if result["task"] == "classify":
-            ranked = list(zip(out["labels"], out["label_scores"], strict=True))[:5]
-            top = ", ".join(f"{lbl} {s:.3f}" for lbl, s in ranked)
-            print(f"{name}: {out['label']}   ({top})")
-        elif result["task"] == "refer":
-            print(f"selected proposal {result['selected_index']} box {out['box']} score {out['score']:.4f}")
-        else:
-            print(f"{name}: {out['text']}")
-        if out.get("position"):  # --depth: where it is (camera optical frame, metres)
-            x, y, z = out["position"]
-            sx, sy, sz = out["size"]
-            print(f"    at x {x:+.3f} y {y:+.3f} z {z:.3f} m, size {sx:.3f} x {sy:.3f} x {sz:.3f} m, "
-                  f"depth valid {out['depth_valid_fraction']:.0%}")
-    if result["task"] == "refer":
-        print("candidate scores (lower is better):", result["candidate_scores"])
-    print("timings (ms):", result["timings_ms"])
+from ..regions import RegionError
+from .common import (
+    DEFAULT_CONFIG_FILE,
+    EXIT_BAD_INPUT,
+    CliError,
+    engine_from_args,
+    print_result,
+    read_depth,
+    read_image,
+    regions_from_args,
+)
 
 
 def cmd_task(args: argparse.Namespace) -> int:
-    from .regions import validate
+    from ..regions import validate
 
     image = read_image(args.image)
     if args.command == "classify" and not (args.points or args.scribble or args.box or args.mask):
@@ -130,15 +37,15 @@ def cmd_task(args: argparse.Namespace) -> int:
     # bad regions fail here, before minutes of model loading
     regions = [validate(r, image.shape[:2]) for r in regions_from_args(args, image.shape[:2])]
     depth = read_depth(args)  # a bad depth file or intrinsics fail here too
-    engine = _engine(args)
+    engine = engine_from_args(args)
     if args.command == "describe":
-        from .regions import WholeImage
+        from ..regions import WholeImage
 
         result = engine.caption(image, regions or [WholeImage()], max_new_tokens=args.max_new_tokens)
     elif args.command == "ask":
         result = engine.ask(image, regions, args.question, max_new_tokens=args.max_new_tokens)
     elif args.command == "classify":
-        from .config_file import read_vocabulary, vocabulary_display_name
+        from ..config_file import read_vocabulary, vocabulary_display_name
 
         if args.labels:
             labels, vocab_name = [v.strip() for v in args.labels.split(",")], ""
@@ -154,48 +61,17 @@ def cmd_task(args: argparse.Namespace) -> int:
 
             cv2.imwrite(args.out, result.outputs[0].mask.astype(np.uint8) * 255)
     if depth is not None:
-        from .depth3d import DepthSettings, locate_result
+        from ..depth3d import DepthSettings, locate_result
 
         metres, intrinsics = depth
         locate_result(result, metres, intrinsics, DepthSettings(scale=args.depth_scale))
-    _print(result.to_json(), args.json)
+    print_result(result.to_json(), args.json)
     return 0
 
 
-def read_depth(args: argparse.Namespace):
-    """``--depth`` as float32 metres with ``--intrinsics`` (of the depth image), or None without it."""
-    if not args.depth:
-        if args.intrinsics:
-            raise CliError("--intrinsics needs --depth")
-        return None
-    from .depth3d import DepthError, Intrinsics, depth_array_to_metres
-
-    if not args.intrinsics:
-        raise CliError("--depth needs --intrinsics fx,fy,cx,cy (pixels of the depth image)")
-    if not Path(args.depth).is_file():
-        raise CliError(f"{args.depth}: no such file (the depth image)")
-    if args.depth.endswith(".npy"):
-        try:
-            raw = np.load(args.depth, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise CliError(f"{args.depth}: not a readable .npy depth array ({exc})") from None
-    else:
-        import cv2
-
-        raw = cv2.imread(args.depth, cv2.IMREAD_UNCHANGED)  # 16-bit PNG stays uint16 (units x --depth-scale)
-        if raw is None:
-            raise CliError(f"{args.depth}: not a depth image OpenCV can read (16-bit PNG, float TIFF) or .npy")
-    try:
-        metres = depth_array_to_metres(raw, args.depth_scale)
-        intrinsics = Intrinsics.parse(args.intrinsics, metres.shape[1], metres.shape[0])
-    except DepthError as exc:
-        raise CliError(f"{args.depth}: {exc}") from None
-    return metres, intrinsics
-
-
 def cmd_snap(args: argparse.Namespace) -> int:
-    from .config_file import read_vocabulary
-    from .vocabulary import VocabularySnapper
+    from ..config_file import read_vocabulary
+    from ..vocabulary import VocabularySnapper
 
     labels = [v.strip() for v in args.labels.split(",")] if args.labels else read_vocabulary(args.vocab)
     snap = VocabularySnapper(args.snap_model, revision=args.revision).snap(args.text, labels)
@@ -212,7 +88,7 @@ def cmd_snap(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import time
 
-    from .bench import bench_engine, machine, to_markdown
+    from ..bench import bench_engine, machine, to_markdown
 
     started = time.perf_counter()
     report: dict[str, Any] = {"machine": machine(), "engine": [], "node": []}
@@ -223,13 +99,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
         report["engine"].append(bench_engine(model, runs=args.runs))
         _print_figures(report["engine"][-1], args.json)
     if not args.skip_node:
-        from .ros.bench_node import bench_node
+        from ..ros.bench_node import bench_node
 
         for model in args.node_model or ["tiny-regionvlm", "tiny-florence2", "bench-regionvlm"]:
             print(f"[bench] node: {model} ...", file=sys.stderr, flush=True)
             report["node"].append(bench_node(model, Path(args.work_dir)))
             _print_figures(report["node"][-1], args.json)
-    from .bench import bench_depth3d
+    from ..bench import bench_depth3d
 
     print("[bench] 3D step (depth) ...", file=sys.stderr, flush=True)
     report["depth3d"] = [bench_depth3d()]
@@ -279,7 +155,7 @@ def _print_figures(section: dict[str, Any], as_json: bool) -> None:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from .models.registry import table
+    from ..models.registry import table
 
     if args.download is not None:
         return cmd_download(args)
@@ -301,8 +177,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     """``models --download [NAME ...]``: fetch what the configuration (or the names) will load."""
-    from .config_file import load_parameters
-    from .models.prefetch import _model, check_target, download, wanted_by_config
+    from ..config_file import load_parameters
+    from ..models.prefetch import _model, check_target, download, wanted_by_config
 
     target = Path(args.to) if args.to else None
     if target is not None:
@@ -320,7 +196,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from .models.convert_regionvlm import convert
+    from ..models.convert_regionvlm import convert
 
     report = convert(args.checkpoint, args.out_dir, base=args.base, allow_pickle=args.allow_pickle)
     print(json.dumps(report, indent=1))
@@ -427,19 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow a checkpoint that needs pickled objects (runs code from the file)",
     )
     conv.set_defaults(func=cmd_convert)
-    from .logs.cli import add_parser as add_run_log_parser
+    from ..logs.cli import add_parser as add_run_log_parser
 
     add_run_log_parser(sub)  # run-log: scripted queries over a recorded log
-    from .datasets.cli import add_parser as add_dataset_parser
+    from ..datasets.cli import add_parser as add_dataset_parser
 
     add_dataset_parser(sub)  # dataset synthetic / info
-    from .cost.report import add_parser as add_cost_parser
+    from ..cost.report import add_parser as add_cost_parser
 
     add_cost_parser(sub)  # cost: the released models' FLOPs, memory and latency estimates
-    from .evaluation.cli import add_parser as add_eval_parser
+    from ..evaluation.cli import add_parser as add_eval_parser
 
     add_eval_parser(sub)  # eval refer / comprehension / classify / caption
-    from .training.cli import add_parser as add_train_parser
+    from ..training.cli import add_parser as add_train_parser
 
     add_train_parser(sub)  # train: fine-tune a backend's region pathway (docs/training.md)
     return parser
@@ -448,9 +324,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     args = build_parser().parse_args(argv)
-    from .engine import ImageError, TaskError
-    from .models.convert_regionvlm import UnsafeCheckpointError
-    from .models.sources import ModelLoadError
+    from ..engine import ImageError, TaskError
+    from ..models.convert_regionvlm import UnsafeCheckpointError
+    from ..models.sources import ModelLoadError
 
     try:
         return args.func(args)
@@ -464,6 +340,3 @@ def main(argv: list[str] | None = None) -> int:
         print(f"region-perception: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,0 +1,167 @@
+"""What every command-line entry shares: bad-input errors, region and image parsing, the engine, printing.
+
+``region-perception`` (:mod:`.commands`), its ``eval`` and ``train`` sub-commands and the ROS
+query tool read their arguments with these, so a region or an error reads the same everywhere.
+Importing this module pulls in no sub-command, no engine and no ROS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..regions import BoxRegion, MaskRegion, PointsRegion, Region, ScribbleRegion
+
+EXIT_BAD_INPUT = 2
+DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[2] / "config" / "default.yaml"
+
+
+class CliError(ValueError):
+    """Bad command-line input: printed as one line, exit status 2."""
+
+
+def numbers(text: str, what: str) -> list[float]:
+    try:
+        return [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
+    except ValueError:
+        raise CliError(f"{what}: {text!r} is not a list of numbers") from None
+
+
+def box_from_text(text: str, what: str = "--box") -> list[float]:
+    """``"x1,y1,x2,y2"`` -> four numbers."""
+    vals = numbers(text, what)
+    if len(vals) != 4:
+        raise CliError(f"{what}: expected x1,y1,x2,y2, got {text!r}")
+    return vals
+
+
+def parse_points(text: str, what: str = "--points") -> np.ndarray:
+    """``"x,y;x,y"`` -> (N, 2)."""
+    pairs = [p for p in text.split(";") if p.strip()]
+    rows = []
+    for pair in pairs:
+        vals = numbers(pair, what)
+        if len(vals) != 2:
+            raise CliError(f"{what}: {pair!r} is not an x,y pair")
+        rows.append(vals)
+    if not rows:
+        raise CliError(f"{what}: no points given")
+    return np.array(rows, dtype=np.float64)
+
+
+def read_image(path: str) -> np.ndarray:
+    import cv2
+
+    if not Path(path).is_file():
+        raise CliError(f"image {path!r}: no such file")
+    bgr = cv2.imread(path, cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise CliError(f"image {path!r}: not an image OpenCV can read")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def regions_from_args(args: argparse.Namespace, size: tuple[int, int]) -> list[Region]:
+    """Every region option, in the order given on the command line."""
+    import cv2
+
+    height, width = size
+    scale = np.array([width, height], dtype=np.float64) if args.normalized else np.ones(2)
+    regions: list[Region] = []
+    for text in args.points or []:
+        regions.append(PointsRegion(parse_points(text) * scale))
+    for text in args.scribble or []:
+        regions.append(ScribbleRegion(parse_points(text, "--scribble") * scale))
+    for text in args.box or []:
+        regions.append(BoxRegion(np.array(box_from_text(text)) * np.tile(scale, 2)))
+    for path in args.mask or []:
+        mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise CliError(f"--mask {path!r}: not an image OpenCV can read")
+        regions.append(MaskRegion(mask > 0))
+    return regions
+
+
+def engine_from_args(args: argparse.Namespace):
+    """A loaded engine: ``--config``'s engine settings, then the engine options given."""
+    from ..config_file import engine_values, load_parameters
+    from ..engine import EngineConfig, RegionEngine
+
+    values: dict[str, Any] = engine_values(load_parameters(args.config)) if args.config else {}
+    for key in ("model", "fallback_model", "segmenter", "proposals", "refer_route", "device", "dtype", "seed",
+                "model_revision", "segmenter_revision"):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    return RegionEngine.load(EngineConfig.from_dict(values))
+
+
+def print_result(result: dict[str, Any], as_json: bool) -> None:
+    """One task result (``TaskResult.to_json()``), as JSON or as lines for a person."""
+    if as_json:
+        print(json.dumps(result, indent=1))
+        return
+    if result.get("weights_random"):
+        print("*** RANDOM WEIGHTS: the text below exercises the code path; it is not a prediction ***")
+    for note in result.get("notes", []):
+        print(f"note: {note}")
+    for i, out in enumerate(result.get("outputs", [])):
+        name = out.get("name") or f"region {i}"
+        if result["task"] == "classify":
+            ranked = list(zip(out["labels"], out["label_scores"], strict=True))[:5]
+            top = ", ".join(f"{lbl} {s:.3f}" for lbl, s in ranked)
+            print(f"{name}: {out['label']}   ({top})")
+        elif result["task"] == "refer":
+            print(f"selected proposal {result['selected_index']} box {out['box']} score {out['score']:.4f}")
+        else:
+            print(f"{name}: {out['text']}")
+        if out.get("position"):  # --depth: where it is (camera optical frame, metres)
+            x, y, z = out["position"]
+            sx, sy, sz = out["size"]
+            print(f"    at x {x:+.3f} y {y:+.3f} z {z:.3f} m, size {sx:.3f} x {sy:.3f} x {sz:.3f} m, "
+                  f"depth valid {out['depth_valid_fraction']:.0%}")
+    if result["task"] == "refer":
+        print("candidate scores (lower is better):", result["candidate_scores"])
+    print("timings (ms):", result["timings_ms"])
+
+
+def print_summary(summary: dict[str, Any], as_json: bool) -> None:
+    """A run's summary (``eval``, ``train``): one JSON object, or one ``key: value`` line per entry."""
+    if as_json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key}: {json.dumps(value) if isinstance(value, (dict, list)) else value}")
+
+
+def read_depth(args: argparse.Namespace):
+    """``--depth`` as float32 metres with ``--intrinsics`` (of the depth image), or None without it."""
+    if not args.depth:
+        if args.intrinsics:
+            raise CliError("--intrinsics needs --depth")
+        return None
+    from ..depth3d import DepthError, Intrinsics, depth_array_to_metres
+
+    if not args.intrinsics:
+        raise CliError("--depth needs --intrinsics fx,fy,cx,cy (pixels of the depth image)")
+    if not Path(args.depth).is_file():
+        raise CliError(f"{args.depth}: no such file (the depth image)")
+    if args.depth.endswith(".npy"):
+        try:
+            raw = np.load(args.depth, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise CliError(f"{args.depth}: not a readable .npy depth array ({exc})") from None
+    else:
+        import cv2
+
+        raw = cv2.imread(args.depth, cv2.IMREAD_UNCHANGED)  # 16-bit PNG stays uint16 (units x --depth-scale)
+        if raw is None:
+            raise CliError(f"{args.depth}: not a depth image OpenCV can read (16-bit PNG, float TIFF) or .npy")
+    try:
+        metres = depth_array_to_metres(raw, args.depth_scale)
+        intrinsics = Intrinsics.parse(args.intrinsics, metres.shape[1], metres.shape[0])
+    except DepthError as exc:
+        raise CliError(f"{args.depth}: {exc}") from None
+    return metres, intrinsics
