@@ -12,58 +12,16 @@ import platform
 import statistics
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 
+from .bench_batching import bench_batching, refer_bound
+from .bench_common import SENTENCES, Figure, synthetic_proposals, timed
 from .engine import EngineConfig, RegionEngine
 from .refer import refer_reference
 from .regions import PointsRegion
-
-SENTENCES = ("the woman in the white space suit", "the helmet on the right")
-
-
-@dataclass
-class Figure:
-    name: str
-    value: float
-    unit: str
-    goal: str = ""
-    met: bool | None = None  # None: no goal
-    detail: dict[str, Any] = field(default_factory=dict)
-
-
-def timed(
-    fn: Callable[[], Any], runs: int = 3, warmup: Callable[[], Any] | None = None
-) -> tuple[float, list[float], Any]:
-    """Median seconds of ``runs`` calls, after one warm-up call (``warmup`` or ``fn``)."""
-    (warmup or fn)()
-    times, out = [], None
-    for _ in range(runs):
-        start = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), times, out
-
-
-def synthetic_proposals(size: tuple[int, int], n: int = 20, seed: int = 0) -> list[np.ndarray]:
-    """``n`` rectangles of 5-15 % of the image, off the borders: they pass RegionVLM's filter."""
-    h, w = size
-    rng = np.random.default_rng(seed)
-    masks = []
-    while len(masks) < n:
-        area = rng.uniform(0.05, 0.15) * h * w
-        aspect = rng.uniform(0.5, 2.0)
-        bh, bw = int(np.sqrt(area / aspect)), int(np.sqrt(area * aspect))
-        if bh >= h - 2 or bw >= w - 2:
-            continue
-        y0, x0 = rng.integers(1, h - bh - 1), rng.integers(1, w - bw - 1)
-        m = np.zeros(size, dtype=bool)
-        m[y0 : y0 + bh, x0 : x0 + bw] = True
-        masks.append(m)
-    return masks
 
 
 def bench_refer(engine: RegionEngine, image: np.ndarray, runs: int) -> Figure:
@@ -196,8 +154,6 @@ def bench_engine(model: str, runs: int = 3, image: np.ndarray | None = None) -> 
         EngineConfig(model=model, segmenter="none", device="cpu", proposals="superpixels", max_new_tokens=10)
     )
     load_s = time.perf_counter() - started
-    from .bench_batching import bench_batching, refer_bound
-
     refer = bench_refer(engine, image, runs)
     figures = [
         refer,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .bench import SENTENCES, Figure
+from .bench_common import SENTENCES, Figure
 from .engine import RegionEngine
 from .frame_buffer import Frame, FrameBuffer
 from .query_processor import Outcome, QueryProcessor, QuerySpec
