@@ -17,6 +17,7 @@ import numpy as np
 
 from ..datasets.types import RegionDataset, segmentation_to_mask
 from . import metrics
+from .rows import base_row, error_row
 
 
 def load_predictions(path: Path | str) -> list[dict]:
@@ -45,8 +46,6 @@ def _need(pred: dict, keys: tuple[str, ...], path) -> None:
 
 def prediction_rows(task: str, path: Path | str, dataset: RegionDataset) -> Callable:
     """A function from an evaluation item to its row, read from the predictions file."""
-    from .runner import _base, _error_row
-
     preds = load_predictions(path)
     names = dataset.category_ids or {k + 1: c for k, c in enumerate(dataset.categories)}
 
@@ -63,9 +62,9 @@ def prediction_rows(task: str, path: Path | str, dataset: RegionDataset) -> Call
                 if name is not None and metrics.box_iou(p["bbox"], item.sample.bbox) >= 0.9:
                     scores[name] = max(scores.get(name, float("-inf")), float(p["score"]))
             if not scores:
-                return _error_row(task, item, LookupError("no prediction for this box"))
+                return error_row(task, item, LookupError("no prediction for this box"))
             pred = max(scores, key=scores.get)
-            return {**_base(item), "pred": pred, "text": None, "exact": None, "scores": scores}
+            return {**base_row(item), "pred": pred, "text": None, "exact": None, "scores": scores}
 
         return classify_row
 
@@ -87,14 +86,14 @@ def prediction_rows(task: str, path: Path | str, dataset: RegionDataset) -> Call
             exact = [p for p in cands if p.get("sentence") == item.sentence]
             picks = exact or [p for p in cands if "sentence" not in p]
             if not picks:
-                return _error_row(task, item, LookupError("no prediction for this sentence"))
+                return error_row(task, item, LookupError("no prediction for this sentence"))
             gt = item.sample.mask()
             pred = mask_of(picks[0], item.sample)
             if task == "refer":
                 inter, union = metrics.intersection_union(pred, gt)
-                return {**_base(item), "intersection": inter, "union": union, "iou": inter / union if union else 0.0}
+                return {**base_row(item), "intersection": inter, "union": union, "iou": inter / union if union else 0.0}
             value = metrics.iou(pred, gt)
-            return {**_base(item), "selected_iou": value, "correct": bool(value >= 0.5)}
+            return {**base_row(item), "selected_iou": value, "correct": bool(value >= 0.5)}
 
         return ref_row
 
@@ -111,8 +110,8 @@ def prediction_rows(task: str, path: Path | str, dataset: RegionDataset) -> Call
 
     def caption_row(item):
         if item.sample.ann_id not in by_ann:
-            return _error_row(task, item, LookupError("no caption for this region"))
-        return {**_base(item), "pred": by_ann[item.sample.ann_id], "refs": item.sample.captions,
+            return error_row(task, item, LookupError("no caption for this region"))
+        return {**base_row(item), "pred": by_ann[item.sample.ann_id], "refs": item.sample.captions,
                 "attributes": item.sample.attributes}
 
     return caption_row

@@ -10,7 +10,6 @@ import json
 import random
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +17,11 @@ import numpy as np
 
 from ..datasets.types import RegionDataset, RegionSample
 from . import metrics
+from .predictions import prediction_rows
+from .rows import Item, base_row, error_row
 from .sharding import merge_shards, rank_path, rank_world, read_rows, shard
 
 TASKS = ("caption", "classify", "refer", "comprehension")
-
-
-@dataclass
-class Item:
-    """One unit of evaluation: a region (classify, caption) or one sentence about a region (refer)."""
-
-    key: str
-    sample: RegionSample
-    ref_id: int = -1
-    sentence: str = ""
 
 
 def items_for(task: str, dataset: RegionDataset) -> list[Item]:
@@ -56,15 +47,6 @@ def _region(sample: RegionSample, kind: str):
     return BoxRegion(np.array([x, y, x + w, y + h], dtype=np.float64))
 
 
-def _base(item: Item) -> dict:
-    s = item.sample
-    row: dict[str, Any] = {"key": item.key, "image_id": s.image_id, "ann_id": s.ann_id, "category": s.category,
-                           "bbox": list(s.bbox)}
-    if item.sentence:
-        row.update(ref_id=item.ref_id, sentence=item.sentence)
-    return row
-
-
 # ---------------------------------------------------------------- one row per item, from an engine
 
 
@@ -73,7 +55,7 @@ def _classify_row(engine, image, item: Item, dataset: RegionDataset, key: str, o
                           frame_key=key, rank=bool(opts.get("rank", False)),
                           vocabulary_name=opts.get("vocabulary_name", ""))
     ans = res.outputs[0]
-    return {**_base(item), "pred": ans.label, "text": ans.text,
+    return {**base_row(item), "pred": ans.label, "text": ans.text,
             "exact": metrics.normalize_label(ans.text) == metrics.normalize_label(item.sample.category),
             "scores": dict(zip(ans.labels, ans.label_scores, strict=True))}
 
@@ -81,7 +63,7 @@ def _classify_row(engine, image, item: Item, dataset: RegionDataset, key: str, o
 def _caption_row(engine, image, item: Item, dataset: RegionDataset, key: str, opts: dict) -> dict:
     res = engine.caption(image, [_region(item.sample, opts.get("region", "box"))], frame_key=key,
                          max_new_tokens=int(opts.get("max_new_tokens", 0)))
-    return {**_base(item), "pred": res.outputs[0].text, "refs": item.sample.captions,
+    return {**base_row(item), "pred": res.outputs[0].text, "refs": item.sample.captions,
             "attributes": item.sample.attributes}
 
 
@@ -90,7 +72,7 @@ def _refer_row(engine, image, item: Item, dataset: RegionDataset, key: str, opts
     res = engine.refer(image, item.sentence, frame_key=key, route=opts.get("route", ""))
     pred = res.outputs[0].mask
     inter, union = metrics.intersection_union(pred, gt)
-    row = {**_base(item), "intersection": inter, "union": union, "iou": inter / union if union else 0.0,
+    row = {**base_row(item), "intersection": inter, "union": union, "iou": inter / union if union else 0.0,
            "n_candidates": len(res.candidate_masks)}
     if res.candidate_masks:
         cand = [metrics.iou(m, gt) for m in res.candidate_masks]
@@ -119,7 +101,7 @@ def _comprehension_row(engine, image, item: Item, dataset: RegionDataset, key: s
         ious.append(1.0)
     res = engine.comprehend(image, item.sentence, [MaskRegion(m) for m in cands], frame_key=key)
     sel = res.selected_index
-    return {**_base(item), "selected": sel, "selected_iou": ious[sel], "correct": bool(ious[sel] >= 0.5),
+    return {**base_row(item), "selected": sel, "selected_iou": ious[sel], "correct": bool(ious[sel] >= 0.5),
             "n_candidates": len(cands), "n_good": int(sum(v >= 0.5 for v in ious)), "gt_added": gt_added}
 
 
@@ -129,21 +111,6 @@ _OPTIONS = {"classify": ("region", "rank", "vocabulary_name", "predictions"),
 
 _ROWS: dict[str, Callable] = {"classify": _classify_row, "caption": _caption_row, "refer": _refer_row,
                               "comprehension": _comprehension_row}
-
-
-def _error_row(task: str, item: Item, exc: Exception) -> dict:
-    """A sample the engine could not answer counts as wrong, with the reason kept."""
-    row = {**_base(item), "error": f"{type(exc).__name__}: {exc}"}
-    if task == "refer":
-        union = int(item.sample.mask().sum())
-        row.update(intersection=0, union=union, iou=0.0, chance_iou=0.0, best_iou=0.0)  # nothing to pick from
-    elif task == "comprehension":
-        row.update(selected=-1, selected_iou=0.0, correct=False, n_candidates=1, n_good=1, gt_added=False)
-    elif task == "classify":
-        row.update(pred="", text="", exact=False, scores={})
-    else:
-        row.update(pred="", refs=item.sample.captions, attributes=item.sample.attributes)
-    return row
 
 
 # ---------------------------------------------------------------- summaries
@@ -226,8 +193,6 @@ def evaluate(task: str, engine, dataset: RegionDataset, *, limit: int | None = N
     todo = [it for it in mine if it.key not in done]
     predictions = options.get("predictions")
     if predictions is not None:
-        from .predictions import prediction_rows
-
         make_rows = prediction_rows(task, predictions, dataset)
         model, weights_random = f"predictions:{predictions}", None
     else:
@@ -253,7 +218,7 @@ def evaluate(task: str, engine, dataset: RegionDataset, *, limit: int | None = N
                 except (ValueError, RuntimeError) as exc:  # TaskError/RegionError are ValueErrors
                     if isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower():
                         raise
-                    row = _error_row(task, it, exc)
+                    row = error_row(task, it, exc)
             row["task"] = task
             new_rows.append(row)
             if fh is not None:
