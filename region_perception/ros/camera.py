@@ -17,14 +17,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rclpy.utilities import remove_ros_args
 from sensor_msgs.msg import Image
 
 from .image_conversion import array_to_image_msg, depth_to_image_msg
+from .qos import camera_qos
 from .replay import is_log, replay
-from .spin import close_node, node_executor, spin_until
+from .spin import closed_at_exit, node_executor, spin_until
 
 SYNTHETIC = "synthetic"
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -136,15 +136,6 @@ def resize(frame: np.ndarray, width: int, height: int) -> np.ndarray:
     return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
 
 
-def camera_qos(reliable: bool) -> QoSProfile:
-    """The image publisher's QoS: latest frame best-effort, or a short reliable history."""
-    return QoSProfile(
-        history=HistoryPolicy.KEEP_LAST,
-        depth=1 if not reliable else 5,
-        reliability=ReliabilityPolicy.RELIABLE if reliable else ReliabilityPolicy.BEST_EFFORT,
-    )
-
-
 def publish_synthetic(args: argparse.Namespace, argv: list[str]) -> int:
     """Synthetic scenes, one per frame, each followed by its ground truth (a reliable JSON topic).
 
@@ -195,7 +186,7 @@ def publish_synthetic(args: argparse.Namespace, argv: list[str]) -> int:
     count = 1 if args.once and not args.count else args.count
     index = args.start
     next_time = time.monotonic()
-    try:
+    with closed_at_exit(executor, node):
         while rclpy.ok() and not (count and index - args.start >= count):
             frame, objects = synthetic_frame(seed, index, size)
             data = frame if args.encoding == "rgb8" else cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
@@ -214,10 +205,6 @@ def publish_synthetic(args: argparse.Namespace, argv: list[str]) -> int:
             index += 1
             next_time += period
             spin_until(executor, next_time)
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        close_node(executor, node)
     return 0
 
 
@@ -258,30 +245,27 @@ def main(argv: list[str] | None = None) -> int:
         and Path(args.source).suffix.lower() not in IMAGE_SUFFIXES
     )
     next_time = time.monotonic()
-    try:
-        for name, frame in frames_from(args.source, loop=not args.once, decoded=None if is_video else cache):
-            msg = cache.get(name)
-            if msg is None:
-                frame = resize(frame, args.width, args.height)
-                data = frame if args.encoding == "rgb8" else cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
-                msg = array_to_image_msg(data, args.encoding)
-                msg.header.frame_id = args.frame_id
-                if not is_video:
-                    cache[name] = msg
-            msg.header.stamp = node.get_clock().now().to_msg()
-            pub.publish(msg)
-            sent += 1
-            if args.count and sent >= args.count:
-                break
-            next_time += period  # a steady rate, whatever publishing took
-            spin_until(executor, next_time)
-    except FileNotFoundError as exc:
-        print(f"region-perception-camera: error: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    finally:
-        close_node(executor, node)
+    with closed_at_exit(executor, node):
+        try:
+            for name, frame in frames_from(args.source, loop=not args.once, decoded=None if is_video else cache):
+                msg = cache.get(name)
+                if msg is None:
+                    frame = resize(frame, args.width, args.height)
+                    data = frame if args.encoding == "rgb8" else cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
+                    msg = array_to_image_msg(data, args.encoding)
+                    msg.header.frame_id = args.frame_id
+                    if not is_video:
+                        cache[name] = msg
+                msg.header.stamp = node.get_clock().now().to_msg()
+                pub.publish(msg)
+                sent += 1
+                if args.count and sent >= args.count:
+                    break
+                next_time += period  # a steady rate, whatever publishing took
+                spin_until(executor, next_time)
+        except FileNotFoundError as exc:
+            print(f"region-perception-camera: error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 

@@ -16,12 +16,12 @@ import sys
 import time
 
 import rclpy
-from rclpy.executors import ExternalShutdownException
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
 from ..logs import LogError
 from ..logs.reader import LogReader
-from .spin import close_node, node_executor, spin_until
+from .qos import camera_qos
+from .spin import closed_at_exit, node_executor, spin_until
 
 
 def is_log(source: str | None) -> bool:
@@ -64,8 +64,6 @@ def replay(args: argparse.Namespace, ros_argv: list[str]) -> int:
     speed = args.rate if args.rate is not None else 1.0
     rclpy.init(args=ros_argv)
     node = rclpy.create_node("region_perception_camera")
-    from .camera import camera_qos  # camera.py dispatches logs here: imported at call time, no cycle
-
     pub = node.create_publisher(CompressedImage if compressed else Image, out_topic, camera_qos(args.reliable))
     pubs = {topic: pub}  # log topic -> publisher (the recorded bytes go out as they are)
     if depth_topic:
@@ -79,34 +77,33 @@ def replay(args: argparse.Namespace, ros_argv: list[str]) -> int:
 
         bar = tqdm(total=info.count, desc=f"{topic} -> {out_topic}", unit="frame", file=sys.stderr)
     sent = 0
-    try:
-        while True:
-            first_log: int | None = None
-            start = time.monotonic()
-            for message in reader.messages(list(pubs)):
-                if first_log is None:
-                    first_log = message.log_time_ns
-                if speed > 0:  # keep the log's timing, scaled
-                    due = start + (message.log_time_ns - first_log) / 1e9 / speed
-                    spin_until(executor, due)
-                pubs[message.topic].publish(message.data)  # the recorded bytes: stamp and frame_id as logged
-                if message.topic != topic:
-                    continue
-                sent += 1
-                if bar is not None:
-                    bar.update(1)
-                if args.count and sent >= args.count:
+    with closed_at_exit(executor, node):
+        try:
+            while True:
+                first_log: int | None = None
+                start = time.monotonic()
+                for message in reader.messages(list(pubs)):
+                    if first_log is None:
+                        first_log = message.log_time_ns
+                    if speed > 0:  # keep the log's timing, scaled
+                        due = start + (message.log_time_ns - first_log) / 1e9 / speed
+                        spin_until(executor, due)
+                    pubs[message.topic].publish(message.data)  # the recorded bytes: stamp and frame_id as logged
+                    if message.topic != topic:
+                        continue
+                    sent += 1
+                    if bar is not None:
+                        bar.update(1)
+                    if args.count and sent >= args.count:
+                        return 0
+                if not args.loop:
                     return 0
-            if not args.loop:
-                return 0
+                if bar is not None:
+                    bar.reset()
+        except LogError as exc:
+            print(f"region-perception-camera: error: {exc}", file=sys.stderr)
+            return 2
+        finally:
             if bar is not None:
-                bar.reset()
-    except LogError as exc:
-        print(f"region-perception-camera: error: {exc}", file=sys.stderr)
-        return 2
-    except (KeyboardInterrupt, ExternalShutdownException):
-        return 0
-    finally:
-        if bar is not None:
-            bar.close()
-        close_node(executor, node)
+                bar.close()
+    return 0

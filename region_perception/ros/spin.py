@@ -28,7 +28,8 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Callable, Generator
+from collections.abc import Callable, Generator, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from rclpy.context import Context
@@ -130,6 +131,17 @@ def close_node(executor: SingleThreadedExecutor, node: Any) -> None:
     node.destroy_node()
     if rclpy.ok():
         rclpy.shutdown()
+
+
+@contextmanager
+def closed_at_exit(executor: SingleThreadedExecutor, node: Any) -> Iterator[None]:
+    """Run the body; Ctrl-C or an external shutdown ends it quietly; :func:`close_node` either way."""
+    try:
+        yield
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        close_node(executor, node)
 
 
 def stop_requested_by_signals() -> threading.Event:
