@@ -22,6 +22,7 @@ from pathlib import Path
 
 import torch
 
+from . import sam
 from .backend import wrapping
 from .errors import loud_notice
 from .registry import DEFAULT_SNAP_MODEL, MODELS, TINY_MODELS, TINY_SAM, kind_of, offline_fallback, snap_hub_name
@@ -42,6 +43,7 @@ from .tiny import (
     cache_dir,
     is_current_tiny,
 )
+from .toy import toy_path
 
 log = logging.getLogger("region_perception")
 
@@ -84,9 +86,7 @@ def tiny_path(name: str) -> Path:
 
             build_tiny_regiongpt(path)
         elif name == TINY_SAM:
-            from .sam import build_tiny_sam
-
-            build_tiny_sam(path)
+            sam.build_tiny_sam(path)
         else:
             raise ValueError(f"unknown tiny model {name!r}")
     return path
@@ -143,8 +143,6 @@ def region_model_names() -> list[str]:
 
 def _toy_directory(name: str) -> Path:
     """A packaged toy model's directory; never built or replaced on the fly (that would be untrained)."""
-    from .toy import toy_path
-
     path = toy_path(name)
     if not (path / "config.json").is_file() or (path / RANDOM_WEIGHTS_MARKER).exists():
         raise ModelLoadError("not_found_local", "model", name,
@@ -298,8 +296,6 @@ def load_segmenter(spec: str, backend: str, cache, device: torch.device, revisio
     saved directory. ``revision`` pins a hub id; the segmenter's ``commit`` says what loaded.
     A segmenter that cannot be loaded raises ModelLoadError (no fallback: the user named it).
     """
-    from . import sam
-
     if backend not in ("sam", "hf-sam"):
         raise ModelLoadError(
             "unknown_architecture", "segmenter", spec, f"segmenter_backend {backend!r}: expected sam or hf-sam"
