@@ -1,31 +1,62 @@
-"""Several queries on one frame answered as one engine call: the node's cross-query batching.
+"""The one path that answers region tasks: one frame, a list of queries, one pass through the model.
 
-A robot with several clients (planner, UI, logger) asks about the same frame at once. Run
-one by one, each query pays a generation (and its Python overhead) of its own; here the
-frame is encoded once and every task runs as one batch: CAPTION regions and ASK questions
-as one generation per set of generation options, CLASSIFY as one category generation and
-one snapping call, REFER sentences as one scoring pass over the frame's cached rows.
+Every task runs as a batch, and a single query is a batch of one: the engine's ``caption`` /
+``ask`` / ``classify`` / ``refer`` / ``comprehend`` wrap one :class:`BatchItem` and call
+:func:`run_items`, as the node's cross-query batching does with several. A robot with
+several clients (planner, UI, logger) asks about the same frame at once; here the frame is
+encoded once and every task runs as one batch: CAPTION regions and ASK questions as one
+generation per set of generation options, CLASSIFY as one category generation and one
+snapping call, REFER sentences as one scoring pass over the frame's cached rows.
 
 Exactly-once stays with the caller: an error that belongs to one query (bad region, empty
 text) is returned in that query's place; a model fault raises for the whole batch, and the
 caller retries its queries one by one so that only the faulty one fails.
+
+Nothing here imports the engine: :class:`FramePass` reads the engine's public members
+(``model``, ``config``, ``cache``, ``proposals``, ``snapper``, ``conversations``,
+``check_answers_questions``, ``model_label``, ``weights_random``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from .feature_cache import image_key
 from .models.backend import RegionCue, labels_hint
-from .regions import Region, RegionError, WholeImage, validate
+from .refer import draw_cues, select
+from .region_text import points_to_text
+from .regions import (
+    Region,
+    RegionError,
+    WholeImage,
+    box_to_mask,
+    mask_to_box,
+    normalize_points,
+    region_box,
+    region_mask,
+    region_points,
+    validate,
+)
+from .results import TASKS, RegionAnswer, TaskError, TaskResult, box_list, check_image, check_text, query_errors
+from .scoring import sentence_losses
 from .timing import Timings
 from .vocabulary import softmax
 
-TASKS = ("caption", "ask", "classify", "refer")
+__all__ = [
+    "TASKS",
+    "BatchItem",
+    "FramePass",
+    "classify_answers",
+    "query_errors",
+    "run_batch",
+    "run_items",
+    "sentence_losses",
+]
 
 
 @dataclass
@@ -33,103 +64,364 @@ class BatchItem:
     """One query of a batch, in the engine's terms (``task`` is one of :data:`TASKS`)."""
 
     task: str
-    regions: list[Region] = field(default_factory=list)
-    text: str = ""  # ASK: the question; REFER: the sentence
+    regions: list[Region] = field(default_factory=list)  # COMPREHEND: the candidate regions
+    text: str = ""  # ASK: the question; REFER, COMPREHEND: the sentence
     labels: list[str] = field(default_factory=list)  # CLASSIFY candidates
     rank: bool = False  # CLASSIFY: rank every label by loss
     vocabulary_name: str = ""
     route: str = ""  # REFER route ("" = the engine's)
     max_new_tokens: int = 0  # 0 = the engine's default
     num_beams: int = 0
+    conversation_id: str = ""  # ASK: earlier turns of this conversation go to a dialogue model
 
     def generation_options(self) -> tuple[int, int]:
         return (self.max_new_tokens, self.num_beams)
 
 
-def query_errors() -> tuple[type[Exception], ...]:
-    """Errors that belong to one query (answered INVALID_QUERY), never to the batch."""
-    from .engine import TaskError
-
-    return (RegionError, TaskError)
+Finisher = Callable[[], TaskResult]
 
 
-def run_batch(engine, image: np.ndarray, items: list[BatchItem], frame_key: str | None) -> list[Any]:
-    """A TaskResult or the item's own error, per item (the caller holds ``engine.lock``)."""
-    from .engine import TaskError, check_image
+class FramePass:
+    """One frame's pass through the model: the checked image, its key and size, one Timings, its features.
 
-    image = check_image(image, engine.config.max_image_pixels)  # a bad frame is every query's error
-    size = image.shape[:2]
-    key = frame_key or image_key(image)
-    timings = Timings()
-    feats = engine._features(key, image, timings)
+    Every answer of a pass carries the pass's timings (results are built last, see
+    :func:`run_items`), as a query answered alone always did.
+    """
+
+    def __init__(self, engine, image: np.ndarray, key: str, timings: Timings | None = None, features=None) -> None:
+        self.engine = engine
+        self.image = image
+        self.key = key
+        self.size = image.shape[:2]
+        self.timings = timings if timings is not None else Timings()
+        self._features = features
+
+    @classmethod
+    def open(cls, engine, image: np.ndarray, frame_key: str | None = None) -> FramePass:
+        """The pass over a frame: the image checked (ImageError: every query's error), then encoded (cached)."""
+        image = check_image(image, engine.config.max_image_pixels)
+        frame = cls(engine, image, frame_key or image_key(image))
+        frame.features  # noqa: B018 - encoded now, through the frame's cache, as every task needs it
+        return frame
+
+    @property
+    def model(self):
+        return self.engine.model
+
+    @property
+    def config(self):
+        return self.engine.config
+
+    @property
+    def features(self):
+        """The frame's vision features, computed once per frame (feature cache)."""
+        if self._features is None:
+
+            def compute():
+                with self.timings.section("vision_encode"):
+                    return self.model.encode_image(self.image)
+
+            self._features = self.engine.cache.get_or_compute(self.key, "vision", compute)
+        return self._features
+
+    # -- regions ------------------------------------------------------------------------------
+    def answers(self, regions: list[Region], what: str) -> list[RegionAnswer]:
+        """Mask, box and cue of each region, validated against the frame (boxes/points through SAM when present)."""
+        if not regions:
+            raise RegionError(f"{what} needs at least one region")
+        size = self.size
+        checked = [validate(r, size, self.config.max_points) for r in regions]
+        rng = np.random.default_rng(self.config.seed)
+        h, w = size
+        answers = []
+        for region in checked:
+            with self.timings.section("segment"):
+                mask = region_mask(
+                    region, size, image=self.image, image_key=self.key, segmenter=self.engine.segmenter
+                )
+            pts = region_points(region, size, self.config.points_per_region, rng, mask=mask)
+            text = points_to_text(normalize_points(pts, size), self.config.rounding)
+            whole = isinstance(region, WholeImage)
+            box = region_box(region, size) if whole else _mask_or_region_box(mask, region, size)
+            cue = RegionCue(text, (box[0] / w, box[1] / h, box[2] / w, box[3] / h), mask=mask)
+            answers.append(RegionAnswer(name=region.name, mask=mask, box=box_list(box), region_text=text, cue=cue))
+        return answers
+
+    def result(self, task: str, outputs: list[RegionAnswer], **extra) -> TaskResult:
+        """A task's result, with the pass's timings and the model's notes."""
+        engine, model = self.engine, self.model
+        notes = list(extra.pop("notes", []))
+        if engine.weights_random:
+            notes.append("RANDOM WEIGHTS: these outputs exercise the code path; they are not predictions")
+        elif not getattr(model, "region_aware", True):
+            default = "model never trained on region point text: answers ignore the region"
+            notes.append(getattr(model, "region_note", default))
+        if getattr(model, "trained_note", ""):  # e.g. "toy model trained on synthetic shapes"
+            notes.append(model.trained_note)
+        return TaskResult(
+            task=task,
+            outputs=outputs,
+            model=engine.model_label,
+            weights_random=engine.weights_random,
+            image_size=tuple(self.size),
+            timings_ms=self.timings.as_dict(),
+            notes=notes,
+            **extra,
+        )
+
+    def finisher(self, task: str, outputs: list[RegionAnswer], **extra) -> Finisher:
+        return lambda: self.result(task, outputs, **extra)
+
+    # -- generation (CAPTION, ASK) ---------------------------------------------------------------
+    def generate(self, rows: list[tuple[list[RegionCue], str, list]], max_new_tokens: int, num_beams: int) -> list[str]:
+        """One text per row ``(cues, prompt, history)``: one generation for the rows without history.
+
+        A row with history (a conversation's later turn) goes to ``describe`` with it, one at a time.
+        """
+        model, feats = self.model, self.features
+        gen = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "timings": self.timings}
+        texts: list[str] = [""] * len(rows)
+        plain = [k for k, (_, _, history) in enumerate(rows) if not history]
+        for k, (cues, prompt, history) in enumerate(rows):
+            if history:
+                texts[k] = model.describe(feats, cues, prompt, **gen, history=history)
+        if plain:
+            for k, text in zip(plain, _describe_rows(model, feats, [rows[k][:2] for k in plain], gen), strict=True):
+                texts[k] = text
+        return texts
+
+    # -- CLASSIFY -----------------------------------------------------------------------------------
+    def classify(self, groups: list[tuple[list[RegionAnswer], list[str], bool, str]]) -> list[list[str]]:
+        """See :func:`classify_answers`."""
+        return classify_answers(self.engine, self.features, groups, self.timings)
+
+    # -- REFER, COMPREHEND -------------------------------------------------------------------------
+    def refer_rows(self):
+        """The frame's proposals and their drawn, encoded and boxed rows (sentence-independent: once per frame)."""
+        engine, config, model = self.engine, self.config, self.model
+        masks = engine.proposals(self.image, self.key, self.timings)
+        if not masks:
+            raise TaskError("no mask proposal survived filtering (>= 4% of the image, not along a border)")
+        draws = config.refer_draws if model.uses_point_draws else 1
+
+        def encode_rows():
+            cues = draw_cues(
+                masks,
+                points_per_draw=config.points_per_region,
+                draws=draws,
+                seed=config.seed,
+                rounding=config.rounding,
+            )
+            cues = [replace(c, mask=masks[i // draws]) for i, c in enumerate(cues)]  # RegionGPT pools the mask
+            encoded = model.encode_cues(self.features, cues, batch_size=config.score_batch_size, timings=self.timings)
+            return cues, encoded, [box_list(mask_to_box(m)) for m in masks]
+
+        cues, encoded, boxes = engine.cache.get_or_compute(self.key, f"refer_rows:{draws}", encode_rows)
+        return masks, cues, encoded, boxes
+
+    def refer(self, sentences: list[tuple[int, str, str]]) -> dict[int, Finisher | Exception]:
+        """Each ``(index, sentence, route)`` answered: a finisher, or the sentence's own error.
+
+        ``proposals``: every sentence scored over the frame's rows, encoded once, several
+        sentences per decoder call. ``native``: the model's own referring segmentation
+        (Florence-2), or, for a backend with a comprehension protocol (RegionGPT), the
+        proposals offered to it as candidate regions.
+        """
+        out: dict[int, Finisher | Exception] = {}
+        comprehends = hasattr(self.model, "comprehend")
+        native = [(i, text) for i, text, route in sentences if route == "native" and not comprehends]
+        on_rows = [(i, text, route) for i, text, route in sentences if route != "native" or comprehends]
+        for i, text in native:
+            try:
+                out[i] = self._refer_native(text)
+            except query_errors() as exc:
+                out[i] = exc
+        if not on_rows:
+            return out
+        try:
+            masks, cues, encoded, boxes = self.refer_rows()
+        except query_errors() as exc:
+            for i, _, _ in on_rows:
+                out[i] = exc
+            return out
+
+        def finish(text, losses) -> Finisher:
+            return lambda: self._refer_result(text, losses, masks, cues, boxes)
+
+        for i, text, route in on_rows:
+            if route == "native":  # RegionGPT: the proposals as Region [i]
+                out[i] = finish(text, self.model.comprehend(self.features, cues, text, timings=self.timings))
+        scored = [(i, text) for i, text, route in on_rows if route != "native"]
+        if len(scored) == 1:  # one sentence: its rows' losses in one call
+            i, text = scored[0]
+            out[i] = finish(text, self.model.rows_loss(encoded, [text] * len(cues), timings=self.timings))
+        elif scored:
+            budget = 4 * self.config.score_batch_size
+            losses = sentence_losses(self.model, encoded, [text for _, text in scored], budget, self.timings)
+            for (i, text), row_losses in zip(scored, losses, strict=True):
+                out[i] = finish(text, row_losses)
+        return out
+
+    def _refer_result(self, text: str, losses, masks, cues, boxes) -> TaskResult:
+        """The proposal whose rows give ``text`` the lowest loss (min over draws)."""
+        draws = len(cues) // len(masks)
+        outcome = select(np.asarray(losses, dtype=np.float64).reshape(len(masks), draws), cues)
+        sel = outcome.selected_index
+        answer = RegionAnswer(
+            text=text,
+            score=float(outcome.scores[sel]),
+            mask=masks[sel],
+            box=boxes[sel],
+            region_text=outcome.cues[sel * draws].points_text,
+        )
+        return self.result(
+            "refer",
+            [answer],
+            selected_index=sel,
+            candidate_scores=[round(float(s), 6) for s in outcome.scores],
+            candidate_boxes=boxes,
+            candidate_masks=list(masks),
+        )
+
+    def _refer_native(self, text: str) -> Finisher:
+        mask = self.model.refer_native(self.features, text, self.size, timings=self.timings)
+        if mask is None:
+            raise TaskError(f"{self.model.name} has no referring segmentation of its own: use refer_route proposals")
+        notes = [] if mask.any() else ["the model found no region for this sentence"]
+        box = box_list(mask_to_box(mask)) if mask.any() else []
+        answer = RegionAnswer(text=text, mask=mask, box=box)
+        return self.finisher("refer", [answer], selected_index=0 if mask.any() else -1, notes=notes)
+
+    def comprehend(self, text: str, answers: list[RegionAnswer]) -> Finisher:
+        """Which candidate ``text`` refers to: each read as REFER reads a proposal, the sentence scored by its loss."""
+        config, model, size = self.config, self.model, self.size
+        masks = [a.mask if a.mask is not None and a.mask.any() else box_to_mask(np.array(a.box), size) for a in answers]
+        draws = config.refer_draws if model.uses_point_draws else 1
+        cues = draw_cues(
+            masks, points_per_draw=config.points_per_region, draws=draws, seed=config.seed, rounding=config.rounding
+        )
+        encoded = model.encode_cues(self.features, cues, batch_size=config.score_batch_size, timings=self.timings)
+        losses = model.rows_loss(encoded, [text] * len(cues), timings=self.timings)
+        outcome = select(np.asarray(losses, dtype=np.float64).reshape(len(masks), draws), cues)
+        sel = outcome.selected_index
+        chosen = answers[sel]
+        chosen.text, chosen.score = text, float(outcome.scores[sel])
+        return self.finisher(
+            "comprehend",
+            [chosen],
+            selected_index=sel,
+            candidate_scores=[round(float(s), 6) for s in outcome.scores],
+            candidate_boxes=[a.box for a in answers],
+            candidate_masks=masks,
+        )
+
+
+@torch.inference_mode()
+def run_items(engine, image: np.ndarray, items: list[BatchItem], frame_key: str | None = None) -> list[Any]:
+    """A TaskResult or the item's own error, per item (the caller holds ``engine.lock``).
+
+    A bad image raises (ImageError: every query's error), as does a model fault (the whole
+    batch's). The checks per item keep the order a query alone has always had.
+    """
     out: list[Any] = [None] * len(items)
-    finish: dict[int, Callable[[], Any]] = {}  # results are built last: each carries the batch's timings
-    rows: dict[tuple[int, int], list[tuple[int, list[RegionCue], str]]] = {}  # generation options -> rows
-    answers: dict[int, list] = {}
-    classify, refer = [], []
     errors = query_errors()
+    max_chars = engine.config.max_text_chars
+    questions, turns = {}, {}
+    for i, item in enumerate(items):  # a conversation's turn begins before the frame is read (as it always has)
+        if item.task != "ask":
+            continue
+        try:
+            questions[i] = check_text(item.text, "the question", max_chars)
+            engine.check_answers_questions()
+            dialogue = bool(getattr(engine.model, "supports_dialogue", False))
+            turns[i] = engine.conversations.begin(
+                item.conversation_id, item.regions, np.shape(image)[:2], dialogue=dialogue
+            )
+        except errors as exc:
+            out[i] = exc
+    frame = FramePass.open(engine, image, frame_key)
+    finish: dict[int, Finisher] = {}  # results are built last: each carries the batch's timings
+    rows: dict[tuple[int, int], list[tuple[int, list[RegionCue], str, list]]] = {}  # generation options -> rows
+    answers: dict[int, list[RegionAnswer]] = {}
+    classify, refer, comprehend = [], [], []
     for i, item in enumerate(items):
+        if out[i] is not None:
+            continue
         try:
             if item.task == "caption":
-                answers[i] = _answers(engine, image, size, key, item.regions, "caption", timings)
-                gen = _resolved(engine, item)
-                rows.setdefault(gen, []).extend((i, [a.cue], "") for a in answers[i])
+                answers[i] = frame.answers(item.regions, "caption")
+                rows.setdefault(_resolved(engine, item), []).extend((i, [a.cue], "", []) for a in answers[i])
             elif item.task == "ask":
-                question = engine._text(item.text, "the question")
-                engine.check_answers_questions()
-                answers[i] = _answers(engine, image, size, key, item.regions or [WholeImage()], "ask", timings)
-                rows.setdefault(_resolved(engine, item), []).append((i, [a.cue for a in answers[i]], question))
+                turn = turns[i]
+                answers[i] = frame.answers(turn.regions or [WholeImage()], "ask")
+                row = (i, [a.cue for a in answers[i]], questions[i], turn.history)
+                rows.setdefault(_resolved(engine, item), []).append(row)
             elif item.task == "classify":
                 labels = list(dict.fromkeys(lbl.strip() for lbl in item.labels if lbl and lbl.strip()))
                 if not labels:
                     raise TaskError("classify needs at least one candidate label")
-                answers[i] = _answers(engine, image, size, key, item.regions, "classify", timings)
+                answers[i] = frame.answers(item.regions, "classify")
                 classify.append((i, labels))
             elif item.task == "refer":
-                refer.append((i, engine._text(item.text, "the referring expression")))
+                text = check_text(item.text, "the referring expression", max_chars)
+                refer.append((i, text, item.route or engine.config.refer_route))
+            elif item.task == "comprehend":
+                text = check_text(item.text, "the referring expression", max_chars)
+                if not item.regions:
+                    raise RegionError("comprehension needs at least one candidate region")
+                answers[i] = frame.answers(item.regions, "comprehension")
+                comprehend.append((i, text))
             else:
                 raise TaskError(f"unknown task {item.task!r}: expected one of {', '.join(TASKS)}")
         except errors as exc:
             out[i] = exc
+    turns_done = []  # conversations remember a turn once the whole batch has its answers
     for (max_new_tokens, num_beams), group in rows.items():
-        texts = _describe_rows(engine.model, feats, group, max_new_tokens, num_beams, timings)
+        texts = frame.generate([row[1:] for row in group], max_new_tokens, num_beams)
         by_item: dict[int, list[str]] = {}
-        for (i, _, _), text in zip(group, texts, strict=True):
+        for (i, _, _, _), text in zip(group, texts, strict=True):
             by_item.setdefault(i, []).append(text)
         for i, got in by_item.items():
-            for ans, text in zip(answers[i], got if items[i].task == "caption" else got * len(answers[i]), strict=True):
+            task = items[i].task
+            for ans, text in zip(answers[i], got if task == "caption" else got * len(answers[i]), strict=True):
                 ans.text = text
-            finish[i] = _finisher(engine, items[i].task, answers[i], size, timings)
+            if task == "ask":
+                turns_done.append((turns[i], questions[i], got[0]))
+                finish[i] = frame.finisher("ask", answers[i], notes=turns[i].notes)
+            else:
+                finish[i] = frame.finisher(task, answers[i])
     if classify:
         groups = [(answers[i], labels, items[i].rank, items[i].vocabulary_name) for i, labels in classify]
-        for (i, _), notes in zip(classify, classify_answers(engine, feats, groups, timings), strict=True):
-            finish[i] = _finisher(engine, "classify", answers[i], size, timings, notes=notes)
+        for (i, _), notes in zip(classify, frame.classify(groups), strict=True):
+            finish[i] = frame.finisher("classify", answers[i], notes=notes)
     if refer:
-        _refer(engine, image, key, feats, items, refer, size, timings, out, finish)
+        for i, done in frame.refer(refer).items():
+            if isinstance(done, BaseException):
+                out[i] = done
+            else:
+                finish[i] = done
+    for i, text in comprehend:
+        finish[i] = frame.comprehend(text, answers[i])
+    for turn, question, text in turns_done:
+        engine.conversations.finish(turn, question, text, frame.size)
     for i, make in finish.items():
         out[i] = make()
     return out
+
+
+run_batch = run_items  # the name this module has always had for it
 
 
 def _resolved(engine, item: BatchItem) -> tuple[int, int]:
     return (item.max_new_tokens or engine.config.max_new_tokens, item.num_beams or engine.config.num_beams)
 
 
-def _answers(engine, image, size, key, regions: list[Region], task: str, timings: Timings) -> list:
-    if not regions:
-        raise RegionError(f"{task} needs at least one region")
-    checked = [validate(r, size, engine.config.max_points) for r in regions]
-    return engine._region_answers(image, size, checked, key, timings)
+def _mask_or_region_box(mask: np.ndarray, region: Region, size) -> np.ndarray:
+    return mask_to_box(mask) if mask.any() else region_box(region, size)
 
 
-def _finisher(engine, task: str, answers, size, timings: Timings, **extra) -> Callable[[], Any]:
-    return lambda: engine._result(task, answers, size, timings, **extra)
-
-
-def _describe_rows(model, feats, group, max_new_tokens: int, num_beams: int, timings: Timings) -> list[str]:
-    """One generation for every row of the group (``describe`` per row where a backend has no batch)."""
-    rows = [(cues, prompt) for _, cues, prompt in group]
-    gen = {"max_new_tokens": max_new_tokens, "num_beams": num_beams, "timings": timings}
+def _describe_rows(model, feats, rows: list[tuple[list[RegionCue], str]], gen: dict) -> list[str]:
+    """One generation for every row (``describe`` per row where a backend has no batch)."""
     if hasattr(model, "describe_rows"):
         return model.describe_rows(feats, rows, **gen)
     if all(not prompt and len(cues) == 1 for cues, prompt in rows):
@@ -186,66 +478,3 @@ def classify_answers(
         ans.label_scores = [round(float(scores[j]), 6) for j in order]
         ans.label, ans.score = ans.labels[0], ans.label_scores[0]
     return notes
-
-
-def _refer(engine, image, key, feats, items, refer, size, timings: Timings, out, finish) -> None:
-    """Every sentence scored over the frame's rows, encoded once; several sentences per decoder call."""
-    native = [(i, text) for i, text in refer if (items[i].route or engine.config.refer_route) == "native"]
-    scored = [(i, text) for i, text in refer if (items[i].route or engine.config.refer_route) != "native"]
-    for i, text in native:
-        try:
-            out[i] = engine._refer_native(feats, text, size, timings)
-        except query_errors() as exc:
-            out[i] = exc
-    if not scored:
-        return
-    try:
-        masks, cues, encoded, boxes = engine._refer_rows(image, key, feats, timings)
-    except query_errors() as exc:
-        for i, _ in scored:
-            out[i] = exc
-        return
-    sentences = [text for _, text in scored]
-    losses = sentence_losses(engine.model, encoded, sentences, 4 * engine.config.score_batch_size, timings)
-    for (i, text), row_losses in zip(scored, losses, strict=True):
-        finish[i] = lambda text=text, row_losses=row_losses: engine._refer_result(
-            text, row_losses, masks, cues, boxes, size, timings
-        )
-
-
-def _rows(chunk) -> int:
-    return (chunk[0] if isinstance(chunk, tuple) else chunk).shape[0]
-
-
-def _repeat(chunk, times: int):
-    """A chunk of encoded rows (a tensor, or a tuple of tensors) repeated along the row axis."""
-    if isinstance(chunk, tuple):
-        return tuple(_repeat(t, times) for t in chunk)
-    return chunk.repeat(times, *[1] * (chunk.dim() - 1))
-
-
-def sentence_losses(
-    model, encoded: list, sentences: list[str], row_budget: int = 128, timings: Timings | None = None
-) -> list[np.ndarray]:
-    """Per-row loss of each sentence over the same encoded rows: (sentences, rows) as a list of arrays.
-
-    A chunk of B rows is repeated for as many sentences as fit ``row_budget`` rows, so several
-    sentences share one decoder call; each row's loss is the one it would get alone.
-    """
-    widest = max(_rows(c) for c in encoded)
-    per_call = max(1, row_budget // widest)
-    out: list[np.ndarray] = []
-    for start in range(0, len(sentences), per_call):
-        group = sentences[start : start + per_call]
-        chunks = [_repeat(c, len(group)) for c in encoded]
-        texts = [s for c in encoded for s in group for _ in range(_rows(c))]
-        flat = np.asarray(model.rows_loss(chunks, texts, timings=timings), dtype=np.float64)
-        per_sentence: list[list[np.ndarray]] = [[] for _ in group]
-        offset = 0
-        for c in encoded:
-            n = _rows(c)
-            for j in range(len(group)):
-                per_sentence[j].append(flat[offset : offset + n])
-                offset += n
-        out += [np.concatenate(parts) for parts in per_sentence]
-    return out
