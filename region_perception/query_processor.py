@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from .batching import BatchItem
 from .engine import EngineConfig, ImageError, RegionEngine, TaskError, TaskResult, check_image, check_text
 from .frame_buffer import Frame, FrameBuffer, FrameLookupError
 from .regions import Region, RegionError, validate
@@ -110,17 +111,21 @@ class QueryProcessor:
         frames: FrameBuffer,
         deliver: Callable[[Outcome], None],
         *,
-        queue_size: int = 8,
+        queue_size: int = 16,
         default_labels: list[str] | None = None,
         vocabulary_name: str = "",
         default_timeout_s: float = 0.0,
         frame_wait_s: float = 0.5,
-        max_batch: int = 8,
+        max_batch: int = 16,
         batch_window_ms: float = 0.0,
+        batch_settle_ms: float = 3.0,
     ) -> None:
         self.engine = engine
         self.max_batch = max(1, int(max_batch))  # queries on one frame answered by one engine call
         self.batch_window_s = max(0.0, batch_window_ms) / 1000.0  # wait this long for more (0: none)
+        # an idle worker woken by a query waits while more keep arriving, this long at a time (0: never)
+        self.batch_settle_s = max(0.0, batch_settle_ms) / 1000.0
+        self._sleep = time.sleep  # the settle's and the window's wait (a test replaces it to stage a burst)
         self.frames = frames
         self.deliver = deliver
         self.default_labels = default_labels or []
@@ -350,10 +355,13 @@ class QueryProcessor:
     # -- worker -------------------------------------------------------------------------------
     def _run(self) -> None:
         while True:
-            job = self._queue.get()
+            try:
+                job, woke = self._queue.get_nowait(), False  # the worker was busy: the queue had waited
+            except queue.Empty:
+                job, woke = self._queue.get(), True  # the worker was idle: a burst may be arriving
             if job is None:
                 return
-            live = [j for j in self._take_batch(job) if self._still_wanted(j)]
+            live = [j for j in self._take_batch(job, woke=woke) if self._still_wanted(j)]
             if len(live) > 1:
                 self._run_batch(live)
             elif live:
@@ -405,12 +413,19 @@ class QueryProcessor:
             log.exception("3D step of %s failed", outcome.query_id)
             outcome.result.notes.append(f"no 3D position: {type(exc).__name__}: {exc}")
 
-    def _take_batch(self, first: _Job) -> list[_Job]:
-        """``first`` and the queued queries that can share its engine call (see :mod:`.batching`)."""
+    def _take_batch(self, first: _Job, *, woke: bool = False) -> list[_Job]:
+        """``first`` and the queued queries that can share its engine call (see :mod:`.batching`).
+
+        ``woke``: ``first`` woke an idle worker. The clients of a burst are delivered one
+        callback at a time, so the rest of the burst is still arriving: the worker settles
+        (see :meth:`_settle`) before it takes what is queued.
+        """
         if self.max_batch <= 1 or not hasattr(self.engine, "run_batch") or first.spec.conversation_id:
             return [first]  # a conversation's turns run alone, in order, through engine.ask
+        if woke and self.batch_settle_s > 0:
+            self._settle()
         if self.batch_window_s > 0 and self._queue.qsize() + 1 < self.max_batch:
-            time.sleep(self.batch_window_s)  # the deployment chose to wait a little for more
+            self._sleep(self.batch_window_s)  # the deployment chose to wait a little for more
         options = _generation_options(first.spec)
         taken = [first]
         q = self._queue
@@ -430,6 +445,19 @@ class QueryProcessor:
                 q.queue.extend(keep)
                 q.not_full.notify_all()
         return taken
+
+    def _settle(self) -> None:
+        """Wait ``batch_settle_ms`` at a time while queries keep arriving, until a step brings none
+        or a whole batch waits. A query alone waits one step; a burst whose queries arrive
+        closer together than a step is answered by one engine call."""
+        q = self._queue
+        while not self._stopping:
+            before = q.qsize()
+            if before + 1 >= self.max_batch:
+                return
+            self._sleep(self.batch_settle_s)
+            if q.qsize() <= before:
+                return
 
     def _run_batch(self, jobs: list[_Job]) -> None:
         """One engine call for the jobs; if it raises, each is retried alone (only the faulty one fails)."""
@@ -453,8 +481,6 @@ class QueryProcessor:
 
     def answer_batch(self, specs: list[QuerySpec], frame: Frame) -> list[Outcome]:
         """Several queries on one frame as one engine call; a query's own error stays its own."""
-        from .batching import BatchItem
-
         if self.engine is None:
             return [self.answer(spec, frame) for spec in specs]
         try:

@@ -61,9 +61,10 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "stamp_tolerance_s": (0.05, "a query stamp matches a frame within this many seconds"),
     "frame_wait_s": (0.5, "a query stamped after the newest frame waits this long for its frame"),
     "query_qos_depth": (1000, "history depth of region_queries and region_results (bursts are not dropped)"),
-    "queue_size": (8, "queries waiting for the model; more are answered QUEUE_FULL"),
-    "max_batch": (8, "queued queries on one frame answered by one engine call (1 = one at a time)"),
+    "queue_size": (16, "queries waiting for the model; more are answered QUEUE_FULL"),
+    "max_batch": (16, "queued queries on one frame answered by one engine call (1 = one at a time)"),
     "batch_window_ms": (0.0, "wait this long for more queries to batch (0 = batch only what is waiting)"),
+    "batch_settle_ms": (3.0, "an idle worker woken by a query waits this long at a time while more arrive (0 = off)"),
     "default_timeout_s": (0.0, "deadline for queries without one (0 = none)"),
     "service_timeout_s": (120.0, "longest a ~/query call waits"),
     "default_vocabulary": ("coco80", "CLASSIFY labels when a query gives none: name or file"),
@@ -160,6 +161,7 @@ class RegionPerceptionNode(LifecycleNode):
             frame_wait_s=float(self.p("frame_wait_s")),
             max_batch=int(self.p("max_batch")),
             batch_window_ms=float(self.p("batch_window_ms")),
+            batch_settle_ms=float(self.p("batch_settle_ms")),
         )
         # deep histories: a burst of queries must reach the node (to be answered QUEUE_FULL
         # if need be), and a burst of answers must reach the clients, not be overwritten
