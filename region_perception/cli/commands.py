@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from ..regions import RegionError
+from ..geometry.regions import RegionError
 from .common import (
     DEFAULT_CONFIG_FILE,
     EXIT_BAD_INPUT,
@@ -29,7 +29,7 @@ from .common import (
 
 
 def cmd_task(args: argparse.Namespace) -> int:
-    from ..regions import validate
+    from ..geometry.regions import validate
 
     image = read_image(args.image)
     if args.command == "classify" and not (args.points or args.scribble or args.box or args.mask):
@@ -39,13 +39,13 @@ def cmd_task(args: argparse.Namespace) -> int:
     depth = read_depth(args)  # a bad depth file or intrinsics fail here too
     engine = engine_from_args(args)
     if args.command == "describe":
-        from ..regions import WholeImage
+        from ..geometry.regions import WholeImage
 
         result = engine.caption(image, regions or [WholeImage()], max_new_tokens=args.max_new_tokens)
     elif args.command == "ask":
         result = engine.ask(image, regions, args.question, max_new_tokens=args.max_new_tokens)
     elif args.command == "classify":
-        from ..config_file import read_vocabulary, vocabulary_display_name
+        from ..service.config_file import read_vocabulary, vocabulary_display_name
 
         if args.labels:
             labels, vocab_name = [v.strip() for v in args.labels.split(",")], ""
@@ -61,7 +61,7 @@ def cmd_task(args: argparse.Namespace) -> int:
 
             cv2.imwrite(args.out, result.outputs[0].mask.astype(np.uint8) * 255)
     if depth is not None:
-        from ..depth3d import DepthSettings, locate_result
+        from ..geometry.depth import DepthSettings, locate_result
 
         metres, intrinsics = depth
         locate_result(result, metres, intrinsics, DepthSettings(scale=args.depth_scale))
@@ -70,8 +70,8 @@ def cmd_task(args: argparse.Namespace) -> int:
 
 
 def cmd_snap(args: argparse.Namespace) -> int:
-    from ..config_file import read_vocabulary
-    from ..vocabulary import VocabularySnapper
+    from ..engine.vocabulary import VocabularySnapper
+    from ..service.config_file import read_vocabulary
 
     labels = [v.strip() for v in args.labels.split(",")] if args.labels else read_vocabulary(args.vocab)
     snap = VocabularySnapper(args.snap_model, revision=args.revision).snap(args.text, labels)
@@ -88,7 +88,7 @@ def cmd_snap(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     import time
 
-    from ..bench import bench_engine, machine, to_markdown
+    from ..bench.engine import bench_engine, machine, to_markdown
 
     started = time.perf_counter()
     report: dict[str, Any] = {"machine": machine(), "engine": [], "node": []}
@@ -105,7 +105,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"[bench] node: {model} ...", file=sys.stderr, flush=True)
             report["node"].append(bench_node(model, Path(args.work_dir)))
             _print_figures(report["node"][-1], args.json)
-    from ..bench import bench_depth3d
+    from ..bench.engine import bench_depth3d
 
     print("[bench] 3D step (depth) ...", file=sys.stderr, flush=True)
     report["depth3d"] = [bench_depth3d()]
@@ -177,8 +177,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     """``models --download [NAME ...]``: fetch what the configuration (or the names) will load."""
-    from ..config_file import load_parameters
     from ..models.prefetch import _model, check_target, download, wanted_by_config
+    from ..service.config_file import load_parameters
 
     target = Path(args.to) if args.to else None
     if target is not None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..regions import BoxRegion, MaskRegion, PointsRegion, Region, ScribbleRegion
+from ..geometry.regions import BoxRegion, MaskRegion, PointsRegion, Region, ScribbleRegion
 
 EXIT_BAD_INPUT = 2
 DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[2] / "config" / "default.yaml"
@@ -87,8 +87,8 @@ def regions_from_args(args: argparse.Namespace, size: tuple[int, int]) -> list[R
 
 def engine_from_args(args: argparse.Namespace):
     """A loaded engine: ``--config``'s engine settings, then the engine options given."""
-    from ..config_file import engine_values, load_parameters
     from ..engine import EngineConfig, RegionEngine
+    from ..service.config_file import engine_values, load_parameters
 
     values: dict[str, Any] = engine_values(load_parameters(args.config)) if args.config else {}
     for key in ("model", "fallback_model", "segmenter", "proposals", "refer_route", "device", "dtype", "seed",
@@ -142,7 +142,7 @@ def read_depth(args: argparse.Namespace):
         if args.intrinsics:
             raise CliError("--intrinsics needs --depth")
         return None
-    from ..depth3d import DepthError, Intrinsics, depth_array_to_metres
+    from ..geometry.depth import DepthError, Intrinsics, depth_array_to_metres
 
     if not args.intrinsics:
         raise CliError("--depth needs --intrinsics fx,fy,cx,cy (pixels of the depth image)")

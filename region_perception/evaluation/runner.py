@@ -37,7 +37,7 @@ def items_for(task: str, dataset: RegionDataset) -> list[Item]:
 
 
 def _region(sample: RegionSample, kind: str):
-    from ..regions import BoxRegion, MaskRegion
+    from ..geometry.regions import BoxRegion, MaskRegion
 
     if kind == "mask":
         return MaskRegion(sample.mask())
@@ -81,15 +81,15 @@ def _refer_row(engine, image, item: Item, dataset: RegionDataset, key: str, opts
 
 
 def _comprehension_row(engine, image, item: Item, dataset: RegionDataset, key: str, opts: dict) -> dict:
-    from ..regions import MaskRegion
+    from ..geometry.regions import MaskRegion
 
     gt = item.sample.mask()
     source = opts.get("candidates", "gt")
     if source == "gt":
         cands = [s.mask() for s in dataset.samples_of(item.sample.image_id)]
     elif source == "proposals":
+        from ..common.timing import Timings
         from ..engine import check_image
-        from ..timing import Timings
 
         cands = list(engine.proposals(check_image(image, engine.config.max_image_pixels), key, Timings()))
     else:

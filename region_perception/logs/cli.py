@@ -41,7 +41,7 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..config_file import engine_values, load_parameters, read_vocabulary, vocabulary_display_name
+    from ..service.config_file import engine_values, load_parameters, read_vocabulary, vocabulary_display_name
     from .reader import LogReader
     from .run_log import run_log
     from .script import load_script
@@ -65,8 +65,8 @@ def run(args: argparse.Namespace) -> int:
     tolerance = args.tolerance if args.tolerance is not None else float(params.get("stamp_tolerance_s", 0.05))
 
     from ..engine import EngineConfig, RegionEngine
-    from ..frame_buffer import FrameBuffer
-    from ..query_processor import QueryProcessor
+    from ..service.frame_buffer import FrameBuffer
+    from ..service.query_processor import QueryProcessor
 
     engine = RegionEngine.load(EngineConfig.from_dict(values))
     if engine.weights_random:
@@ -91,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
 
     depth = None
     if depth_topic:
-        from ..depth3d import DepthSettings
+        from ..geometry.depth import DepthSettings
         from .run_log import DepthFeed
 
         settings = DepthSettings(

@@ -77,7 +77,7 @@ def write_image_log(
 
 def depth_cdr(metres: np.ndarray, stamp_ns: int, frame_id: str, scale: float = 0.001) -> tuple[str, bytes]:
     """(type, CDR bytes) of a 16UC1 depth Image (units of ``scale`` metres; 0 = no depth)."""
-    from ..depth3d import metres_to_16uc1
+    from ..geometry.depth import metres_to_16uc1
 
     ts = _store()
     Header = ts.types["std_msgs/msg/Header"]

@@ -203,7 +203,7 @@ def stamp_ns(msg: Any) -> int:
 
 def decode_frame(msg: Any, msgtype: str):
     """RGB uint8 of a decoded Image or CompressedImage (the node's own conversion)."""
-    from ..image_decoding import compressed_msg_to_rgb, image_msg_to_rgb
+    from ..service.image_decoding import compressed_msg_to_rgb, image_msg_to_rgb
 
     if msgtype.endswith("CompressedImage"):
         rgb = compressed_msg_to_rgb(msg)

@@ -19,9 +19,9 @@ from typing import Any, TextIO
 
 import numpy as np
 
-from ..frame_buffer import Frame
-from ..query_processor import Outcome, QueryProcessor, QuerySpec
-from ..status import Status
+from ..common.status import Status
+from ..service.frame_buffer import Frame
+from ..service.query_processor import Outcome, QueryProcessor, QuerySpec
 from . import LogError
 from .cdr import header_stamp_ns
 from .reader import LogReader, decode_frame
@@ -149,7 +149,8 @@ class DepthFeed:
 
     def source_for(self, stamp_ns: int):
         """A DepthSource holding the depth frame nearest ``stamp_ns`` (it judges the tolerance)."""
-        from ..depth3d import DepthSettings, DepthSource, depth_msg_to_metres
+        from ..geometry.depth import DepthSettings, depth_msg_to_metres
+        from ..service.depth_source import DepthSource
 
         settings = DepthSettings(**{**vars(self.settings), "wait_ms": 0.0, "buffer_size": 1})
         source = DepthSource(settings, depth_topic=self.topic, camera_info_topic=self.info_topic)

@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from ..regions import BoxRegion, MaskRegion, PointsRegion, Region, ScribbleRegion, WholeImage
-from ..status import Task
+from ..common.status import Task
+from ..geometry.regions import BoxRegion, MaskRegion, PointsRegion, Region, ScribbleRegion, WholeImage
 from . import LogError
 
 TASK_NAMES = {t.name.lower(): int(t) for t in Task}

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..timing import Timings
+from ..common.timing import Timings
 from .errors import ModelLoadError, loud_notice, one_line
 from .sources import ResolvedSource, from_pretrained
 

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 import torch
 
-from ..timing import Timings
+from ..common.timing import Timings
 from .backend import (
     REFER_INSTRUCTION,
     BackendBase,

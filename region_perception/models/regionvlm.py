@@ -19,8 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..region_text import multi_region_prompt
-from ..timing import Timings
+from ..common.timing import Timings
+from ..geometry.region_text import multi_region_prompt
 from .backend import (
     REFER_INSTRUCTION,
     BackendBase,

@@ -16,7 +16,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..feature_cache import FeatureCache
+from ..common.feature_cache import FeatureCache
 from .errors import ModelLoadError, loud_notice, one_line
 from .sources import ResolvedSource, from_pretrained
 from .tiny import RANDOM_WEIGHTS_MARKER, mark_random

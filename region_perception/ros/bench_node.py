@@ -23,8 +23,8 @@ from geometry_msgs.msg import Point32
 
 from region_perception.msg import Region, RegionQuery, RegionResult
 
-from ..bench import Figure
-from ..ros_env import apply_local_ros_env
+from ..bench.engine import Figure
+from ..common.ros_env import apply_local_ros_env
 from .processes import camera_command, node_command
 from .spin import make_executor, spin_in_background
 

@@ -146,8 +146,7 @@ def publish_synthetic(args: argparse.Namespace, argv: list[str]) -> int:
     from sensor_msgs.msg import CameraInfo
     from std_msgs.msg import String
 
-    from ..depth3d import metres_to_16uc1
-    from ..synthetic_camera import (
+    from ..datasets.synthetic_camera import (
         DEFAULT_SEED,
         DEFAULT_SIZE,
         camera_intrinsics,
@@ -156,6 +155,7 @@ def publish_synthetic(args: argparse.Namespace, argv: list[str]) -> int:
         synthetic_depth_frame,
         synthetic_frame,
     )
+    from ..geometry.depth import metres_to_16uc1
 
     seed = DEFAULT_SEED if args.seed is None else args.seed
     size = DEFAULT_SIZE if args.size is None else args.size

@@ -107,7 +107,7 @@ def make_plan(
 ) -> Plan:
     """Photos with the released model where it can load; else the trained toy; else photos
     with the (random-weight) fallback, saying so. ``force``: "online" | "offline" | None."""
-    from ..config_file import load_parameters
+    from ..service.config_file import load_parameters
 
     photos_params = Path(params) if params else DEFAULT_PARAMS
     released = model or str(load_parameters(photos_params).get("model", ""))
@@ -141,7 +141,7 @@ def make_plan(
 
 
 def names_object(text: str, color: str, shape: str) -> bool:
-    from ..synthetic_camera import names_object as names
+    from ..datasets.synthetic_camera import names_object as names
 
     return names(text, color, shape)
 
@@ -158,8 +158,8 @@ class Question:
 
 def proposal_min_area(params: Path) -> float:
     """The smallest REFER proposal (fraction of the image) the node keeps with these parameters."""
-    from ..config_file import engine_values, load_parameters
-    from ..proposals import ProposalFilter
+    from ..geometry.proposals import ProposalFilter
+    from ..service.config_file import engine_values, load_parameters
 
     rules = engine_values(load_parameters(params)).get("proposal_filter") or {}
     return float(rules.get("min_area_fraction", ProposalFilter().min_area_fraction))
@@ -201,7 +201,7 @@ def questions_for(truth: dict, round_no: int, min_area_fraction: float = 0.04) -
 def judge(question: Question, truth: dict, answer: str, mask: np.ndarray | None) -> tuple[bool, str]:
     """(right, the line's truth part). CAPTION: names the object's colour and shape; CLASSIFY: its
     shape; REFER: the returned mask overlaps the denoted object more than any other object."""
-    from ..synthetic_camera import iou, mask_from_truth
+    from ..datasets.synthetic_camera import iou, mask_from_truth
 
     target = truth["objects"][question.target]
     if question.kind.startswith("caption"):
@@ -355,7 +355,7 @@ def run_photos(session: Session) -> tuple[int, int]:
     """The scripted questions about the bundled photos; (answered OK, asked)."""
     from region_perception.msg import RegionQuery, RegionResult
 
-    from ..status import Status
+    from ..common.status import Status
 
     by_size: dict[tuple[int, int], object] = {}
     failures = 0
@@ -429,7 +429,7 @@ def run_toy(
     position is printed beside the object's true position (the camera's depth is exact)."""
     from region_perception.msg import RegionResult
 
-    from ..status import Status
+    from ..common.status import Status
     from .image_conversion import mask_msg_to_bool
 
     answered = asked = right = judged = 0
@@ -494,7 +494,7 @@ def run_toy(
                 target = q.target
                 if q.kind == "refer" and out is not None and len(out.mask.data):
                     # where the selected mask is: compared with the object it covers most (right or wrong)
-                    from ..synthetic_camera import iou, mask_from_truth
+                    from ..datasets.synthetic_camera import iou, mask_from_truth
 
                     mask = mask_msg_to_bool(out.mask)
                     target = int(np.argmax([iou(mask, mask_from_truth(o)) for o in truth["objects"]]))
@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.scenes < 1 or args.first_scene < 0:
         parser.error("--scenes must be >= 1 and --first-scene >= 0")
 
-    from ..ros_env import apply_local_ros_env
+    from ..common.ros_env import apply_local_ros_env
     from .processes import camera_command, node_command
 
     env = dict(apply_local_ros_env())
@@ -549,7 +549,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = make_plan("online" if args.online else "offline" if args.offline else None, args.model, args.params)
     for notice in plan.notices:
         banner([notice])
-    from ..config_file import load_parameters
+    from ..service.config_file import load_parameters
 
     model_label = plan.model or str(load_parameters(plan.params).get("model", ""))
     if plan.mode == "toy":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..image_decoding import (  # noqa: F401  (re-exported: this module's readers)
+from ..service.image_decoding import (  # noqa: F401  (re-exported: this module's readers)
     _ENCODINGS,
     MAX_PIXELS_DEFAULT,
     SUPPORTED,

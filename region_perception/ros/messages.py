@@ -10,8 +10,8 @@ from std_msgs.msg import Header
 from region_perception.msg import Region as RegionMsg
 from region_perception.msg import RegionOutput, RegionQuery, RegionResult
 
-from ..query_processor import Outcome, QuerySpec
-from ..regions import BoxRegion, MaskRegion, PointsRegion, Region, RegionError, ScribbleRegion, WholeImage
+from ..geometry.regions import BoxRegion, MaskRegion, PointsRegion, Region, RegionError, ScribbleRegion, WholeImage
+from ..service.query_processor import Outcome, QuerySpec
 from .image_conversion import ImageConversionError, mask_msg_to_bool, mask_to_msg
 
 MAX_REGIONS = 32

@@ -29,14 +29,15 @@ from visualization_msgs.msg import Marker, MarkerArray
 from region_perception.msg import RegionQuery, RegionResult
 from region_perception.srv import QueryRegions
 
-from ..config_file import engine_values, read_vocabulary, vocabulary_display_name
-from ..depth3d import DepthSettings, DepthSource
+from ..common.status import Status
 from ..engine import EngineConfig, RegionEngine
-from ..frame_buffer import Frame, FrameBuffer
-from ..overlay import draw_overlay
-from ..query_processor import Outcome, QueryProcessor
-from ..regions import RegionError
-from ..status import Status
+from ..geometry.depth import DepthSettings
+from ..geometry.regions import RegionError
+from ..service.config_file import engine_values, read_vocabulary, vocabulary_display_name
+from ..service.depth_source import DepthSource
+from ..service.frame_buffer import Frame, FrameBuffer
+from ..service.overlay import draw_overlay
+from ..service.query_processor import Outcome, QueryProcessor
 from .image_conversion import array_to_image_msg, compressed_msg_to_rgb, image_msg_to_rgb
 from .messages import result_msg, spec_from_query
 from .spin import Handoff, close_node, make_executor, serve_until_signalled, stop_requested_by_signals

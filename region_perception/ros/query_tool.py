@@ -23,7 +23,7 @@ from region_perception.msg import Region, RegionQuery, RegionResult
 from region_perception.srv import QueryRegions
 
 from ..cli.common import CliError, box_from_text, parse_points
-from ..status import Status
+from ..common.status import Status
 from .image_conversion import array_to_image_msg
 from .msg_dict import msg_to_dict
 from .script_runner import client_node, script_main

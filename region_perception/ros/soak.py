@@ -15,7 +15,7 @@ from pathlib import Path
 
 from region_perception.msg import RegionQuery
 
-from ..status import Status
+from ..common.status import Status
 from .bench_node import Harness, point_region
 
 TASKS = [

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..datasets import RegionDataset, RegionSample
-from ..models.backend import RegionCue
-from ..region_text import points_to_text
-from ..regions import (
+from ..geometry.region_text import points_to_text
+from ..geometry.regions import (
     BoxRegion,
     MaskRegion,
     PointsRegion,
@@ -29,6 +28,7 @@ from ..regions import (
     region_points,
     sample_points_in_mask,
 )
+from ..models.backend import RegionCue
 from .recipes import TASKS, TrainExample
 
 REGION_KINDS = ("points", "scribble", "box", "mask")

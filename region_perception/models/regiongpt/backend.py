@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from ...timing import Timings
+from ...common.timing import Timings
 from ..backend import (
     BackendBase,
     RegionCue,

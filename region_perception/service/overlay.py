@@ -5,7 +5,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from .regions import PointsRegion, Region, ScribbleRegion
+from ..geometry.regions import PointsRegion, Region, ScribbleRegion
 
 _COLORS = [(230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180), (70, 240, 240)]
 

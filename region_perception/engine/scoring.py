@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .timing import Timings
+from ..common.timing import Timings
 
 
 def _rows(chunk) -> int:

@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from .bench_batching import bench_batching, refer_bound
-from .bench_common import SENTENCES, Figure, synthetic_proposals, timed
-from .engine import EngineConfig, RegionEngine
-from .refer import refer_reference
-from .regions import PointsRegion
+from ..engine import EngineConfig, RegionEngine
+from ..engine.refer import refer_reference
+from ..geometry.regions import PointsRegion
+from .batching import bench_batching, refer_bound
+from .common import SENTENCES, Figure, synthetic_proposals, timed
 
 
 def bench_refer(engine: RegionEngine, image: np.ndarray, runs: int) -> Figure:
@@ -73,7 +73,7 @@ def bench_refer(engine: RegionEngine, image: np.ndarray, runs: int) -> Figure:
 
 
 def ref_cue(masks):
-    from .refer import draw_cues
+    from ..engine.refer import draw_cues
 
     return draw_cues(masks[:1], draws=1)[0]
 
@@ -179,7 +179,7 @@ def bench_depth3d(runs: int = 20) -> dict[str, Any]:
     1-3 m, a wall at 4 m); the figure is the slowest region size's median. Decoding the depth
     frame (16UC1 -> metres) is once per frame, shared by its queries, and reported apart.
     """
-    from .depth3d import (
+    from ..geometry.depth import (
         DepthSettings,
         depth_to_metres,
         locate_mask,

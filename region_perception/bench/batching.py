@@ -15,12 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from .bench_common import SENTENCES, Figure
-from .engine import RegionEngine
-from .frame_buffer import Frame, FrameBuffer
-from .query_processor import Outcome, QueryProcessor, QuerySpec
-from .regions import PointsRegion
-from .status import Status, Task
+from ..common.status import Status, Task
+from ..engine import RegionEngine
+from ..geometry.regions import PointsRegion
+from ..service.frame_buffer import Frame, FrameBuffer
+from ..service.query_processor import Outcome, QueryProcessor, QuerySpec
+from .common import SENTENCES, Figure
 
 
 def _burst(

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .models.backend import RegionCue
-from .regions import RegionError
+from ..geometry.regions import RegionError
+from ..models.backend import RegionCue
 
 
 class ImageError(ValueError):

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .models.backend import RegionCue
-from .region_text import Rounding, points_to_text
-from .regions import mask_to_box, normalize_points, sample_points_in_mask
+from ..geometry.region_text import Rounding, points_to_text
+from ..geometry.regions import mask_to_box, normalize_points, sample_points_in_mask
+from ..models.backend import RegionCue
 
 
 @dataclass

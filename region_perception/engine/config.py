@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from .proposals import ProposalFilter
-from .region_text import Rounding
+from ..geometry.proposals import ProposalFilter
+from ..geometry.region_text import Rounding
 
 
 @dataclass

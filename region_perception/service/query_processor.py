@@ -22,11 +22,11 @@ from typing import Any
 
 import numpy as np
 
-from .batching import BatchItem
-from .engine import EngineConfig, ImageError, RegionEngine, TaskError, TaskResult, check_image, check_text
+from ..common.status import Status, Task
+from ..engine import EngineConfig, ImageError, RegionEngine, TaskError, TaskResult, check_image, check_text
+from ..engine.batch import BatchItem
+from ..geometry.regions import Region, RegionError, validate
 from .frame_buffer import Frame, FrameBuffer, FrameLookupError
-from .regions import Region, RegionError, validate
-from .status import Status, Task
 
 log = logging.getLogger("region_perception")
 

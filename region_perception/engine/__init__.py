@@ -16,12 +16,13 @@ import threading
 import numpy as np
 import torch
 
-from .batching import BatchItem, FramePass, run_items
+from ..common.feature_cache import FeatureCache
+from ..common.timing import Timings
+from ..geometry.proposals import filter_proposals
+from ..geometry.regions import Region, RegionError
+from .batch import BatchItem, FramePass, run_items
+from .config import EngineConfig
 from .conversation import ConversationStore
-from .engine_config import EngineConfig
-from .feature_cache import FeatureCache
-from .proposals import filter_proposals
-from .regions import Region, RegionError
 from .results import (
     TASKS,
     ImageError,
@@ -33,7 +34,6 @@ from .results import (
     query_errors,
 )
 from .scoring import sentence_losses
-from .timing import Timings
 
 __all__ = [
     "TASKS",
@@ -72,8 +72,8 @@ class RegionEngine:
 
     @classmethod
     def load(cls, config: EngineConfig) -> RegionEngine:
-        from .models.loading import load_region_model, load_segmenter, resolve_device, resolve_dtype
-        from .models.sam import SuperpixelProposer
+        from ..models.loading import load_region_model, load_segmenter, resolve_device, resolve_dtype
+        from ..models.sam import SuperpixelProposer
 
         if config.refer_route not in ("proposals", "native"):
             raise ValueError(f"refer_route {config.refer_route!r}: expected proposals or native")
@@ -89,11 +89,11 @@ class RegionEngine:
             config.model, device, dtype, trust_remote_code=trust, fallback_model=fallback, revision=revision
         )
         if config.fault_every > 0:
-            from .models.faults import FaultInjectingBackend
+            from ..models.faults import FaultInjectingBackend
 
             model = FaultInjectingBackend(model, config.fault_every)
         if config.hold_model_s > 0:
-            from .models.faults import HoldingBackend
+            from ..models.faults import HoldingBackend
 
             model = HoldingBackend(model, config.hold_model_s)
         segmenter = None

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 # the snapping model's name, files and loader; re-exported here, where engine, cli and tests import them
-from .models.snap import DEFAULT_SNAP_MODEL, _model_path, check_snap_model, snap_hub_name  # noqa: F401
-from .models.snap import load as _encoder
+from ..models.snap import DEFAULT_SNAP_MODEL, _model_path, check_snap_model, snap_hub_name  # noqa: F401
+from ..models.snap import load as _encoder
 
 
 @dataclass

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from .datasets.synthetic import SHAPES, SceneObject, caption, expressions, render_scene
-from .datasets.types import mask_to_rle
+from .synthetic import SHAPES, SceneObject, caption, expressions, render_scene
+from .types import mask_to_rle
 
 DEFAULT_SEED = 1  # held-out scenes by default: `make train-toy` draws its training scenes from seed 0
 DEFAULT_SIZE = 128  # the toy models' input size
@@ -94,7 +94,7 @@ HFOV_DEG = 60.0
 
 def camera_intrinsics(size: int = DEFAULT_SIZE):
     """The synthetic camera's K: a centred pinhole of 60 degrees horizontal field of view."""
-    from .depth3d import synthetic_intrinsics
+    from ..geometry.depth import synthetic_intrinsics
 
     return synthetic_intrinsics(size, size, HFOV_DEG)
 
@@ -107,7 +107,7 @@ def object_depths(n: int) -> list[float]:
 
 def synthetic_depth_frame(objects: list[SceneObject], size: int = DEFAULT_SIZE) -> np.ndarray:
     """Depth in metres (float32, size x size) aligned to the frame: objects over a background plane."""
-    from .depth3d import synthetic_depth
+    from ..geometry.depth import synthetic_depth
 
     depths = object_depths(len(objects))
     return synthetic_depth((size, size), [(o.mask, z) for o, z in zip(objects, depths, strict=True)], BACKGROUND_M)

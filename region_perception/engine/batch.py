@@ -26,11 +26,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from .feature_cache import image_key
-from .models.backend import RegionCue, labels_hint
-from .refer import draw_cues, select
-from .region_text import points_to_text
-from .regions import (
+from ..common.feature_cache import image_key
+from ..common.timing import Timings
+from ..geometry.region_text import points_to_text
+from ..geometry.regions import (
     Region,
     RegionError,
     WholeImage,
@@ -42,9 +41,10 @@ from .regions import (
     region_points,
     validate,
 )
+from ..models.backend import RegionCue, labels_hint
+from .refer import draw_cues, select
 from .results import TASKS, RegionAnswer, TaskError, TaskResult, box_list, check_image, check_text, query_errors
 from .scoring import sentence_losses
-from .timing import Timings
 from .vocabulary import softmax
 
 __all__ = [
