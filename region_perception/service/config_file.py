@@ -49,11 +49,11 @@ def engine_values(params: dict[str, Any]) -> dict[str, Any]:
 
 def read_vocabulary(name_or_path: str, config_dir: Path | None = None) -> list[str]:
     """A label vocabulary: ``coco80`` (shipped in config/) or a text file, one label a line."""
-    here = config_dir or Path(__file__).resolve().parent.parent / "config"
+    here = config_dir or Path(__file__).resolve().parents[2] / "config"
     candidates = [
         Path(name_or_path),
         here / f"{name_or_path}.txt",
-        Path(__file__).resolve().parent / "data" / f"{name_or_path}.txt",
+        Path(__file__).resolve().parents[1] / "data" / f"{name_or_path}.txt",
     ]
     for path in candidates:
         if path.is_file():
