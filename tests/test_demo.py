@@ -90,7 +90,7 @@ def test_toy_config_names_the_toy_and_the_shapes_vocabulary():
     from region_perception.ros.node import PARAMETERS
 
     params = load_parameters(TOY_PARAMS)
-    assert params["model"] == "toy-florence2"
+    assert params["model"] == "toy-regionvlm"
     assert set(params) <= set(PARAMETERS), set(params) - set(PARAMETERS)
     assert read_vocabulary(str(params["default_vocabulary"])) == list(SHAPES)
 

@@ -7,7 +7,7 @@ Two demos, chosen by what can be loaded here (``--online`` / ``--offline`` force
   photographs); a point caption, a referring sentence, a box classification (COCO-80) and a
   box caption about specific frames by stamp.
 * **toy** (offline, ``HF_HUB_OFFLINE=1``, CI): the node with ``config/toy.yaml`` runs the toy
-  model trained on the synthetic shapes (``toy-florence2``; ``--model toy-regionvlm``) on
+  model trained on the synthetic shapes (``toy-regionvlm``; ``--model toy-regiongpt``) on
   ``region-perception-camera --source synthetic``; for a few scenes it asks CAPTION of a
   point and of a box, CLASSIFY of a box over the shapes and REFER with one of the scene's
   referring expressions, and prints each answer beside the scene's published ground truth,
@@ -126,7 +126,7 @@ def make_plan(
     else:
         return Plan("photos", photos_params, model or "", f"{released} is cached or the hub is reachable")
     toy_params = Path(params) if params else TOY_PARAMS
-    toy = model or str(load_parameters(toy_params).get("model", "toy-florence2"))
+    toy = model or str(load_parameters(toy_params).get("model", "toy-regionvlm"))
     if toy_weights(toy) is None:
         notice = (
             f"no trained weights for {toy} ({reason}): running the photos demo instead, whose model falls "
@@ -527,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--online", action="store_true", help="the photos demo with the configured model")
     mode.add_argument("--offline", action="store_true", help="the toy model on the synthetic camera")
     parser.add_argument("--params", help="node parameters file (default config/default.yaml, toy: config/toy.yaml)")
-    parser.add_argument("--model", help="override the model parameter (toy: toy-florence2, toy-regionvlm or a "
+    parser.add_argument("--model", help="override the model parameter (toy: toy-regionvlm, toy-regiongpt or a "
                         "trained directory)")
     parser.add_argument("--scenes", type=int, default=2, help="toy: how many synthetic scenes to ask about")
     parser.add_argument("--first-scene", type=int, default=10,

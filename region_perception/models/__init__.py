@@ -1,0 +1,1 @@
+"""The models: Florence-2, RegionVLM and RegionGPT backends, SAM, the registry, one resolve-and-load path."""
