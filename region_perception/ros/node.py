@@ -22,7 +22,7 @@ from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
-from rclpy.qos import HistoryPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -38,6 +38,7 @@ from ..service.depth_source import DepthSource
 from ..service.frame_buffer import Frame, FrameBuffer
 from ..service.overlay import draw_overlay
 from ..service.query_processor import Outcome, QueryProcessor
+from . import qos
 from .image_conversion import array_to_image_msg, compressed_msg_to_rgb, image_msg_to_rgb
 from .messages import result_msg, spec_from_query
 from .spin import Handoff, close_node, make_executor, serve_until_signalled, stop_requested_by_signals
@@ -171,13 +172,7 @@ class RegionPerceptionNode(LifecycleNode):
         self.overlay_pub = self.create_publisher(Image, "~/overlay", 2)
         self.markers_pub = self.create_publisher(MarkerArray, "~/markers", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        image_qos = QoSProfile(
-            history=HistoryPolicy.KEEP_LAST,
-            depth=int(self.p("image_qos_depth")),
-            reliability=ReliabilityPolicy.RELIABLE
-            if self.p("image_reliability") == "reliable"
-            else ReliabilityPolicy.BEST_EFFORT,
-        )
+        image_qos = qos.image_qos(int(self.p("image_qos_depth")), str(self.p("image_reliability")))
         if self.p("use_compressed"):
             self.image_sub = self.create_subscription(
                 CompressedImage, "image/compressed", self._on_compressed, image_qos, callback_group=self._fast
