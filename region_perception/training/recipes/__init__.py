@@ -12,9 +12,16 @@ Contract (see :class:`TrainRecipe`):
 - ``parameter_groups(model)`` -> ``{group: [parameter names]}``: named groups for ``--train``
   (e.g. ``vision``, ``qformer``, ``projection``, ``lm``); every trainable parameter in exactly one.
 - ``default_train``: the groups the paper's recipe trains (the rest are frozen).
-- ``build_batch(model, processor, examples)`` -> dict of tensors (on CPU; the trainer moves them).
-- ``loss(model, batch)`` -> scalar tensor (mean token cross-entropy of the targets). The trainer calls it
-  inside the forward of a wrapper module, so under DDP/FSDP any submodule calls here are synchronised.
+- ``build_batch(model, processor, examples, pixels=True)`` -> dict of tensors (on CPU; the trainer moves
+  them): ``image_index`` maps each row to its distinct image (:func:`distinct_images`), ``pixel_values``
+  holds the distinct images (``vision_pixels``); with ``pixels=False`` it is left out for the trainer to
+  put ``image_features`` (``tower_features`` of the same images, from its cache) in its place.
+- ``loss(model, batch)`` -> scalar tensor (mean token cross-entropy of the targets), from ``image_features``
+  when the batch has them, else ``tower_features`` of ``pixel_values``. The trainer calls it inside the
+  forward of a wrapper module, so under DDP/FSDP any submodule calls here are synchronised.
+- ``tower_features(model, pixel_values)`` -> ``(N, ...)``: the vision tower's output per image, everything
+  ``loss`` reads of an image before a part that may train; with the tower frozen stage 1 computes it once
+  per image (the trainer's ``TowerCache``), so it must not depend on the rest of the batch.
 - ``save(model, processor, out)``: ``save_pretrained`` (safetensors) of both.
 - Stage 0 (``train --stage vision``, :mod:`..vision`): ``vision_pixels(processor, images)`` -> the
   tower's input, ``vision_grid(model, pixels)`` -> ``(B, C, G, G)`` the features the region pathway
@@ -60,7 +67,8 @@ class TrainRecipe(Protocol):
 
     def parameter_groups(self, model: torch.nn.Module) -> dict[str, list[str]]: ...
 
-    def build_batch(self, model: torch.nn.Module, processor: Any, examples: Sequence[TrainExample]) -> dict: ...
+    def build_batch(self, model: torch.nn.Module, processor: Any, examples: Sequence[TrainExample],
+                    pixels: bool = True) -> dict: ...
 
     def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor: ...
 
@@ -70,9 +78,12 @@ class TrainRecipe(Protocol):
 
     def vision_grid(self, model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor: ...
 
+    def tower_features(self, model: torch.nn.Module, pixel_values: torch.Tensor) -> torch.Tensor: ...
 
-def unique_images(examples: Sequence[TrainExample]) -> tuple[torch.Tensor, list[np.ndarray]]:
-    """Rows that share an image (same ``image_id``) share one encoding: (row -> image index, the images)."""
+
+def distinct_images(examples: Sequence[TrainExample]) -> tuple[torch.Tensor, list[np.ndarray], list[int]]:
+    """Rows that share an image (same ``image_id``) share one encoding: (row -> image index, the images, their
+    keys). A key is the ``image_id``, or negative for a row without one (its image is its own, never cached)."""
     index: dict[int, int] = {}
     images: list[np.ndarray] = []
     rows = []
@@ -82,7 +93,20 @@ def unique_images(examples: Sequence[TrainExample]) -> tuple[torch.Tensor, list[
             index[key] = len(images)
             images.append(e.image)
         rows.append(index[key])
-    return torch.tensor(rows, dtype=torch.long), images
+    return torch.tensor(rows, dtype=torch.long), images, list(index)
+
+
+def unique_images(examples: Sequence[TrainExample]) -> tuple[torch.Tensor, list[np.ndarray]]:
+    """(row -> image index, the distinct images) of :func:`distinct_images`."""
+    index, images, _ = distinct_images(examples)
+    return index, images
+
+
+def image_features(recipe, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+    """The batch's per-image tower output: given by the trainer (cached), or computed from its pixels."""
+    if "image_features" in batch:
+        return batch["image_features"]
+    return recipe.tower_features(model, batch["pixel_values"])
 
 
 def tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:

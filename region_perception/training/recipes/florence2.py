@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from ...models.florence2 import box_to_location_tokens, refer_prompt
-from . import RecipeBase, TrainExample, register, unique_images
+from . import RecipeBase, TrainExample, image_features, register, unique_images
 
 
 def task_prompt(processor, example: TrainExample) -> str:
@@ -43,27 +43,30 @@ class Florence2Recipe(RecipeBase):
 
         return Florence2ForConditionalGeneration
 
-    def build_batch(self, model, processor, examples: Sequence[TrainExample]) -> dict:
+    def build_batch(self, model, processor, examples: Sequence[TrainExample], pixels: bool = True) -> dict:
         """Each distinct image once (``image_index`` maps rows to them); prompts as the engine writes them."""
         image_index, images = unique_images(examples)
-        pixels = processor.image_processor(images=images, return_tensors="pt").pixel_values
         tok = processor.tokenizer
         words = processor._construct_prompts([task_prompt(processor, e) for e in examples])
         texts = [tok.image_token * processor.num_image_tokens + tok.bos_token + w + tok.eos_token for w in words]
         enc = tok(texts, add_special_tokens=False, padding=True, return_tensors="pt")
         target = tok([e.target for e in examples], padding=True, return_tensors="pt")
-        return {
+        batch = {
             "input_ids": enc.input_ids,
             "attention_mask": enc.attention_mask,
-            "pixel_values": pixels,
             "image_index": image_index,
             "labels": target.input_ids.masked_fill(target.attention_mask == 0, -100),
         }
+        if pixels:
+            batch["pixel_values"] = self.vision_pixels(processor, images)
+        return batch
 
     def loss(self, model, batch: dict) -> torch.Tensor:
-        """Vision tower once per distinct image, then the usual encoder-decoder loss."""
+        """Vision tower once per distinct image (or its cached output), the projector, then the usual
+        encoder-decoder loss."""
         embeds = model.get_input_embeddings()(batch["input_ids"])
-        feats = model.get_image_features(pixel_values=batch["pixel_values"]).pooler_output[batch["image_index"]]
+        # what get_image_features does, split so that the tower's part can come from the trainer's cache
+        feats = model.model.multi_modal_projector(image_features(self, model, batch))[batch["image_index"]]
         slots = (batch["input_ids"] == model.config.image_token_id).unsqueeze(-1).expand_as(embeds)
         embeds = embeds.masked_scatter(slots, feats.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
         out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"],
@@ -73,9 +76,13 @@ class Florence2Recipe(RecipeBase):
     def vision_pixels(self, processor, images) -> torch.Tensor:
         return processor.image_processor(images=list(images), return_tensors="pt").pixel_values
 
-    def vision_grid(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
+    def tower_features(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
         """DaViT's last stage (B, C, G, G), what the projector turns into image tokens."""
         return model.model.vision_tower(pixel_values).last_hidden_state
+
+    def vision_grid(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The tower's output is already the grid the region pathway reads."""
+        return self.tower_features(model, pixel_values)
 
 
 register("florence2", Florence2Recipe)

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ...models.backend import labels_hint
 from ...models.regiongpt import processing_regiongpt as prompts
 from ...models.regiongpt.backend import cue_mask
-from . import RecipeBase, TrainExample, register, tokens_to_grid
+from . import RecipeBase, TrainExample, distinct_images, image_features, register, tokens_to_grid
 
 # stage: (groups trained, learning rate); both with a cosine schedule and 3 % warm-up
 STAGES: dict[str, tuple[tuple[str, ...], float]] = {
@@ -65,11 +65,12 @@ class RegionGPTRecipe(RecipeBase):
         """A LLaVA checkpoint gets the ``<region>`` token, as the engine's loader gives it."""
         prompts.ensure_region_token(model, processor)
 
-    def build_batch(self, model, processor, examples: Sequence[TrainExample]) -> dict:
-        """Padded-square images, their region masks at the processor's size, prompt + target + </s>."""
+    def build_batch(self, model, processor, examples: Sequence[TrainExample], pixels: bool = True) -> dict:
+        """Each distinct image once (``image_index`` maps rows to them), padded square; each row's region mask
+        at the processor's size; prompt + target + </s>."""
         tok = processor.tokenizer
-        pixels = self.vision_pixels(processor, [e.image for e in examples])
-        side = pixels.shape[-1]
+        image_index, images, _ = distinct_images(examples)
+        side = model.config.vision_config.image_size  # the tower's input side: what the processor gives
         masks = [torch.from_numpy(prompts.pad_mask(cue_mask(e.cue, e.image.shape[:2])))[None, None] for e in examples]
         region_masks = torch.cat([F.interpolate(m, size=(side, side), mode="area") for m in masks])  # (B, 1, S, S)
         n_image = image_token_count(model.config)
@@ -87,16 +88,40 @@ class RegionGPTRecipe(RecipeBase):
             input_ids[i, : len(r)] = torch.tensor(r)
             attention[i, : len(r)] = 1
             label_ids[i, : len(r)] = torch.tensor(lab)
-        return {
+        batch = {
             "input_ids": input_ids,
             "attention_mask": attention,
-            "pixel_values": pixels,
+            "image_index": image_index,
             "region_masks": region_masks,
             "labels": label_ids,
         }
+        if pixels:
+            batch["pixel_values"] = self.vision_pixels(processor, images)
+        return batch
 
     def loss(self, model, batch: dict) -> torch.Tensor:
-        return model(**batch).loss
+        """The model's forward split into its stages, so each distinct image is encoded and refined once
+        (its tower output possibly from the trainer's cache) and each row pools its region from its image."""
+        hidden = image_features(self, model, batch)
+        patches = hidden[:, 1:]
+        cls = hidden[:, :1] if model.config.vision_feature_select_strategy == "full" else None
+        refined = model.refine(patches)
+        index = batch["image_index"]
+        images = model.image_tokens(refined, cls)[index]
+        pooled = [model.region_tokens(refined[i], m)
+                  for i, m in zip(index.tolist(), batch["region_masks"], strict=True) if len(m)]
+        regions = torch.cat(pooled) if pooled else None
+        embeds = model.embed(batch["input_ids"], images, regions)
+        return model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+
+    def tower_features(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The tower's layer that RegionGPT refines and pools (``vision_feature_layer``), CLS first: (B, 1 + g*g, C);
+        ``loss`` drops the CLS as ``patch_features`` does unless the config keeps it."""
+        layer = model.config.vision_feature_layer
+        if not isinstance(layer, int):
+            raise ValueError("RegionGPT refines one vision feature layer; this config selects several")
+        out = model.model.vision_tower(pixel_values.to(model.dtype), output_hidden_states=True, return_dict=True)
+        return out.hidden_states[layer]
 
     def vision_pixels(self, processor, images) -> torch.Tensor:
         """Each image padded to a centred square with the mean colour, as the engine does, then processed."""

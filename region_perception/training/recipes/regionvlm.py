@@ -15,7 +15,7 @@ import torch
 
 from ...models.backend import labels_hint
 from ...models.regionvlm import _category_prompt, refer_prompt
-from . import RecipeBase, TrainExample, register, tokens_to_grid, unique_images
+from . import RecipeBase, TrainExample, image_features, register, tokens_to_grid, unique_images
 
 
 def task_prompt(example: TrainExample) -> str:
@@ -48,10 +48,9 @@ class RegionVLMRecipe(RecipeBase):
 
         return InstructBlipProcessor
 
-    def build_batch(self, model, processor, examples: Sequence[TrainExample]) -> dict:
+    def build_batch(self, model, processor, examples: Sequence[TrainExample], pixels: bool = True) -> dict:
         """Each distinct image once (``image_index`` maps rows to them); prompts as the engine writes them."""
         image_index, images = unique_images(examples)
-        pixels = processor.image_processor(images=images, return_tensors="pt").pixel_values
         q = processor.qformer_tokenizer([e.cue.points_text for e in examples], padding=True, return_tensors="pt")
         nq = model.config.num_query_tokens
         image_token = model.config.image_token_index
@@ -64,8 +63,7 @@ class RegionVLMRecipe(RecipeBase):
             input_ids[i, : len(r)] = torch.tensor(r)
             attention[i, : len(r)] = 1
         target = tok([e.target for e in examples], padding=True, return_tensors="pt")
-        return {
-            "pixel_values": pixels,
+        batch = {
             "image_index": image_index,
             "qformer_input_ids": q.input_ids,
             "qformer_attention_mask": q.attention_mask,
@@ -73,11 +71,13 @@ class RegionVLMRecipe(RecipeBase):
             "attention_mask": attention,
             "labels": target.input_ids.masked_fill(target.attention_mask == 0, -100),
         }
+        if pixels:
+            batch["pixel_values"] = self.vision_pixels(processor, images)
+        return batch
 
     def loss(self, model, batch: dict) -> torch.Tensor:
         """Vision tower once per distinct image; Q-Former reads each row's points; T5 loss of the target."""
-        image_embeds = model.vision_model(pixel_values=batch["pixel_values"], return_dict=True).last_hidden_state
-        image_embeds = image_embeds[batch["image_index"]]
+        image_embeds = image_features(self, model, batch)[batch["image_index"]]
         rows = batch["input_ids"].shape[0]
         query = model.query_tokens.expand(rows, -1, -1)
         query_mask = torch.ones(query.shape[:2], dtype=torch.long, device=query.device)
@@ -100,10 +100,13 @@ class RegionVLMRecipe(RecipeBase):
     def vision_pixels(self, processor, images) -> torch.Tensor:
         return processor.image_processor(images=list(images), return_tensors="pt").pixel_values
 
+    def tower_features(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The ViT's output tokens (CLS and patches), what the Q-Former cross-attends to."""
+        return model.vision_model(pixel_values=pixel_values, return_dict=True).last_hidden_state
+
     def vision_grid(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
         """The ViT's output patches (what the Q-Former cross-attends to) as a grid."""
-        hidden = model.vision_model(pixel_values=pixel_values, return_dict=True).last_hidden_state
-        return tokens_to_grid(hidden[:, 1:])
+        return tokens_to_grid(self.tower_features(model, pixel_values)[:, 1:])
 
 
 register("regionvlm", RegionVLMRecipe)
