@@ -199,6 +199,124 @@ def _region_wiring_regionvlm(model, gain: float = 1.0) -> None:
             cross.attention.key.weight[rows, :width] = gain * torch.eye(width)
 
 
+# Florence-2's text width beyond the tower's: channels the tower never writes, where the wiring below keeps
+# positions and markers apart from the image content (which keeps all of the tower's channels)
+FLORENCE2_QUIET = 16
+
+
+def florence2_channels(tower: int) -> dict:
+    """Where the wiring keeps what (indices into BART's width; the tower's channels come first)."""
+    q = tower
+    return {"px": [q, q + 1], "py": [q + 2, q + 3], "loc": [q + 4, q + 5], "bx": [q + 6, q + 7],
+            "by": [q + 8, q + 9], "img": q + 10, "txt": q + 11, "isloc": q + 12, "par": q + 13}
+
+
+def half_turn(values: torch.Tensor) -> torch.Tensor:
+    """Positions in [0, 1] -> unit vectors (cos, sin) of pi * x: the mean of two keeps the midpoint's direction."""
+    a = torch.pi * values.float()
+    return torch.stack([torch.cos(a), torch.sin(a)], dim=-1)
+
+
+@torch.no_grad()
+def _region_wiring_florence2(model, tokenizer, cells: int, *, gather: float = 1.5, image_key: float = 6.0,
+                             look: float = 5.0, self_look: float = 48.0) -> None:
+    """Start BART's encoder reading the box: text tokens gather the box's centre, then copy the cells there.
+
+    Why: Florence-2's only region input is the box as ``<loc_i>`` text; from a random BART, 1200 steps never
+    linked those tokens to image cells (one caption for every box of a scene). Here, in channels the tower
+    never writes (``FLORENCE2_QUIET`` beyond its width): image cells carry their column and row as unit
+    vectors (BART's position embeddings), ``<loc_i>`` tokens their coordinate the same way, and markers say
+    image / text / location token / even-or-odd position (the engine's prompts put x at even positions).
+    Encoder layer 0: head 0 averages the even ``<loc>`` tokens' vectors (x1, x2: the direction of the mean
+    is the centre's) into every text token, head 1 the odd ones (y); image tokens gather only zeros.
+    Layer 1: every head compares a token's gathered centre (image tokens: their own position) with the
+    cells' positions and copies the content there, a quarter of the tower's channels each; so every text
+    token carries the region's cells from the first step, image tokens keep their own. All trainable.
+    """
+    tower = model.config.vision_config.embed_dim[-1]
+    text = model.model.language_model
+    d = text.config.d_model
+    if d - tower < FLORENCE2_QUIET:
+        raise ValueError(f"toy Florence-2 wiring needs {FLORENCE2_QUIET} channels beyond the tower's {tower}")
+    ch = florence2_channels(tower)
+    quiet = list(range(tower, d))
+    # image side: the tower's channels as they are, quiet channels zero but the image marker
+    proj = model.model.multi_modal_projector
+    proj.image_projection.weight.zero_()
+    proj.image_projection.weight[:tower, :tower] = torch.eye(tower)
+    proj.image_position_embed.row_embeddings.weight.zero_()
+    proj.image_position_embed.column_embeddings.weight.zero_()
+    proj.image_proj_norm.weight[quiet] = 0.0
+    proj.image_proj_norm.bias[quiet] = 0.0
+    proj.image_proj_norm.bias[ch["img"]] = 1.0
+    # text side: the text marker on every token, the coordinate and marker on <loc_i>
+    emb = model.get_input_embeddings().weight
+    emb[:, quiet] = 0.0
+    emb[:, ch["txt"]] = 1.0
+    ids = torch.tensor([tokenizer.convert_tokens_to_ids(f"<loc_{i}>") for i in range(1000)])
+    emb[ids.unsqueeze(1), torch.tensor(ch["loc"])] = half_turn((torch.arange(1000) + 0.5) / 1000)
+    emb[ids, ch["isloc"]] = 1.0
+    # positions: image tokens first (a pooled one, then the cells row by row), then the text
+    enc = text.encoder
+    pos = enc.embed_positions.weight
+    off = getattr(enc.embed_positions, "offset", 0)
+    pos[:, quiet] = 0.0
+    centres = half_turn((torch.arange(cells) + 0.5) / cells)
+    for r in range(cells):
+        for c in range(cells):
+            at = off + 1 + r * cells + c
+            pos[at, ch["px"]] = centres[c]
+            pos[at, ch["py"]] = centres[r]
+    first_text = 1 + cells * cells
+    seq = torch.arange(first_text, pos.shape[0] - off)
+    pos[off + seq, ch["par"]] = 1.0 - 2.0 * (seq % 2).float()  # +1 at even positions
+    heads = enc.config.encoder_attention_heads
+    hd = d // heads
+
+    def clear(att, h: int) -> slice:
+        r = slice(h * hd, (h + 1) * hd)
+        for lin in (att.q_proj, att.k_proj, att.v_proj):
+            lin.weight[r] = 0.0
+            lin.bias[r] = 0.0
+        att.out_proj.weight[:, r] = 0.0
+        return r
+
+    # layer 0: heads 0 / 1 gather the x / y location tokens' vectors into bx / by
+    att = enc.layers[0].self_attn
+    for h, (sign, dst) in enumerate(((1.0, ch["bx"]), (-1.0, ch["by"]))):
+        clear(att, h)
+        b = h * hd
+        att.q_proj.weight[b, ch["txt"]] = gather
+        att.k_proj.weight[b, ch["isloc"]] = 2.0 * gather
+        att.k_proj.weight[b, ch["par"]] = sign * gather
+        att.q_proj.weight[b + 1, ch["img"]] = image_key
+        att.k_proj.weight[b + 1, ch["img"]] = image_key
+        for j in range(2):
+            att.v_proj.weight[b + j, ch["loc"][j]] = 1.0
+            att.out_proj.weight[dst[j], b + j] = 1.0
+    att.out_proj.weight[quiet, 2 * hd:] = 0.0
+    att.out_proj.bias[quiet] = 0.0
+    # layer 1: every head looks up the cells at the gathered centre and copies a quarter of their content
+    att = enc.layers[1].self_attn
+    width = -(-tower // heads)
+    for h in range(heads):
+        clear(att, h)
+        b = h * hd
+        for j in range(2):
+            for k, (box, own) in enumerate(((ch["bx"], ch["px"]), (ch["by"], ch["py"]))):
+                att.q_proj.weight[b + 2 * k + j, box[j]] = look
+                att.q_proj.weight[b + 2 * k + j, own[j]] = self_look
+                att.k_proj.weight[b + 2 * k + j, own[j]] = look
+        lo, hi = h * width, min(tower, (h + 1) * width)
+        att.v_proj.weight[b : b + hi - lo, lo:hi] = torch.eye(hi - lo)
+        att.out_proj.weight[lo:hi, b : b + hi - lo] = torch.eye(hi - lo)
+    att.out_proj.bias.zero_()
+    # the feed-forward blocks leave the quiet channels to the wiring
+    for layer in enc.layers:
+        layer.fc2.weight[quiet] = 0.0
+        layer.fc2.bias[quiet] = 0.0
+
+
 TOY_REGIONVLM_SIZES = {
     "image_size": 128, "patch_size": 16, "vision_hidden": 128, "vision_layers": 4, "vision_heads": 4,
     "qformer_hidden": 128, "qformer_layers": 2, "qformer_heads": 4, "num_query_tokens": 8,
@@ -276,7 +394,9 @@ def build_toy_regionvlm(out: Path, *, seed: int = 0, sizes: dict | None = None) 
 # downsample 16 (the released DaViT: 32): an 8x8 grid at 128 pixels, so a small shape has a cell of its own.
 # depths [0, 0, 1, 1]: the first two stages are only their strided convolutions, both DaViT blocks work on
 # the 8x8 grid: a step costs a third of [1, 1, 2, 1]'s and the pre-trained tower reads shape better (96 %).
-TOY_FLORENCE2_SIZES = {"image_size": 128, "hidden": 128, "layers": 2, "downsample": 16, "depths": [0, 0, 1, 1]}
+# quiet: BART is that much wider than the tower, for the region wiring (0: no wiring, coordinate init only)
+TOY_FLORENCE2_SIZES = {"image_size": 128, "hidden": 128, "layers": 2, "downsample": 16, "depths": [0, 0, 1, 1],
+                       "quiet": FLORENCE2_QUIET}
 
 
 def build_toy_florence2(out: Path, *, seed: int = 0, sizes: dict | None = None) -> Path:
@@ -297,6 +417,7 @@ def build_toy_florence2(out: Path, *, seed: int = 0, sizes: dict | None = None) 
     tokenizer = _tokenizer("bart", toy_words())
     tokenizer.add_tokens([f"<loc_{i}>" for i in range(1000)] + ["<poly>", "</poly>", "<sep>"])
     size, hidden, down = z["image_size"], z["hidden"], int(z["downsample"])
+    width = hidden + int(z.get("quiet", 0))  # BART's width: the tower's plus the wiring's channels
     if down not in (16, 32):
         raise ValueError(f"toy Florence-2 downsample {down}: expected 16 or 32")
     image_processor = CLIPImageProcessor(
@@ -308,12 +429,12 @@ def build_toy_florence2(out: Path, *, seed: int = 0, sizes: dict | None = None) 
     )
     vision = Florence2VisionConfig(
         depths=list(z["depths"]), embed_dim=[32, 64, 96, hidden], num_heads=[1, 2, 3, 4], num_groups=[1, 2, 3, 4],
-        patch_stride=[4, 2, 2, 2 if down == 32 else 1], window_size=4, projection_dim=hidden, drop_path_rate=0.0,
+        patch_stride=[4, 2, 2, 2 if down == 32 else 1], window_size=4, projection_dim=width, drop_path_rate=0.0,
     )
     text = BartConfig(
-        vocab_size=len(tokenizer), d_model=hidden, encoder_layers=z["layers"], decoder_layers=z["layers"],
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=hidden * 2,
-        decoder_ffn_dim=hidden * 2, max_position_embeddings=256, dropout=0.0, attention_dropout=0.0,
+        vocab_size=len(tokenizer), d_model=width, encoder_layers=z["layers"], decoder_layers=z["layers"],
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=width * 2,
+        decoder_ffn_dim=width * 2, max_position_embeddings=256, dropout=0.0, attention_dropout=0.0,
         pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id, decoder_start_token_id=tokenizer.eos_token_id,
         forced_eos_token_id=tokenizer.eos_token_id,
@@ -322,7 +443,10 @@ def build_toy_florence2(out: Path, *, seed: int = 0, sizes: dict | None = None) 
         vision_config=vision.to_dict(), text_config=text.to_dict(), image_token_id=tokenizer.image_token_id
     )
     model = Florence2ForConditionalGeneration(config).eval()
-    _coordinate_init_florence2(model, tokenizer, size // down)
+    if width > hidden and z["layers"] >= 2:  # the wiring needs two encoder layers: gather, then look
+        _region_wiring_florence2(model, tokenizer, size // down)
+    else:
+        _coordinate_init_florence2(model, tokenizer, size // down)
     model.save_pretrained(out)
     processor.save_pretrained(out)
     mark_random(out, "toy-florence2 (untrained)")

@@ -32,11 +32,19 @@ class Florence2Recipe(RecipeBase):
     backend = "florence2"
     default_train = ("projector", "lm")
     pad_square = False  # Florence-2's processor resizes to a square
+    # "lm" is BART whole; "encoder" / "decoder" split it (the word embeddings, shared by both and tied to the LM
+    # head, go with the decoder): ``--train decoder`` keeps an encoder that already reads the box as it is
     groups: ClassVar[dict[str, tuple[str, ...]]] = {
         "vision": ("model.vision_tower.",),
         "projector": ("model.multi_modal_projector.",),
-        "lm": ("model.language_model.", "lm_head."),
+        "encoder": ("model.language_model.encoder.",),
+        "decoder": ("model.language_model.", "lm_head."),
     }
+
+    def parameter_groups(self, model) -> dict[str, list[str]]:
+        groups = super().parameter_groups(model)
+        groups["lm"] = groups["encoder"] + groups["decoder"]
+        return groups
 
     def model_class(self) -> type:
         from transformers import Florence2ForConditionalGeneration
