@@ -8,6 +8,7 @@ and a word about ``make train-toy``.
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -87,12 +88,17 @@ def test_no_trained_toy_falls_back_to_photos_and_says_make_train_toy(tmp_path, r
 def test_toy_config_names_the_toy_and_the_shapes_vocabulary():
     from region_perception.config_file import load_parameters, read_vocabulary
     from region_perception.datasets.synthetic import SHAPES
+    from region_perception.engine.settings import MODEL_OWN, model_own_settings
+    from region_perception.models.toy import toy_path
     from region_perception.ros.node import PARAMETERS
 
     params = load_parameters(TOY_PARAMS)
     assert params["model"] == "toy-regionvlm"
     assert set(params) <= set(PARAMETERS), set(params) - set(PARAMETERS)
-    assert read_vocabulary(str(params["default_vocabulary"])) == list(SHAPES)
+    assert not set(params) & MODEL_OWN  # the toy brings its own: the YAML does not repeat (or override) them
+    own = model_own_settings(json.loads((toy_path("toy-regionvlm") / "region_perception.json").read_text()),
+                             toy_path("toy-regionvlm"))
+    assert read_vocabulary(own["default_vocabulary"]) == list(SHAPES)
 
 
 def scene_truth(index: int = 3) -> dict:

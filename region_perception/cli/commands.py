@@ -20,6 +20,7 @@ from .common import (
     DEFAULT_CONFIG_FILE,
     EXIT_BAD_INPUT,
     CliError,
+    add_engine_arguments,
     engine_from_args,
     print_result,
     read_depth,
@@ -41,16 +42,20 @@ def cmd_task(args: argparse.Namespace) -> int:
     if args.command == "describe":
         from ..geometry.regions import WholeImage
 
-        result = engine.caption(image, regions or [WholeImage()], max_new_tokens=args.max_new_tokens)
+        result = engine.caption(image, regions or [WholeImage()])
     elif args.command == "ask":
-        result = engine.ask(image, regions, args.question, max_new_tokens=args.max_new_tokens)
+        result = engine.ask(image, regions, args.question)
     elif args.command == "classify":
         from ..service.config_file import read_vocabulary, vocabulary_display_name
 
         if args.labels:
             labels, vocab_name = [v.strip() for v in args.labels.split(",")], ""
         else:
-            labels, vocab_name = read_vocabulary(args.vocab), vocabulary_display_name(args.vocab)
+            vocab = engine.config.default_vocabulary
+            try:
+                labels, vocab_name = read_vocabulary(vocab), vocabulary_display_name(vocab)
+            except FileNotFoundError as exc:
+                raise CliError(str(exc)) from None
         if not regions:
             raise CliError("classify: give a region (--points, --scribble, --box or --mask)")
         result = engine.classify(image, regions, labels, rank=args.rank, vocabulary_name=vocab_name)
@@ -215,27 +220,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--box", action="append", help="box x1,y1,x2,y2")
         p.add_argument("--mask", action="append", help="mask image, nonzero = inside, the image's size")
         p.add_argument("--normalized", action="store_true", help="coordinates are in [0, 1] of the image")
-        p.add_argument("--model", help="registry name, Hugging Face id or directory (default: config's)")
-        p.add_argument(
-            "--fallback-model",
-            dest="fallback_model",
-            help="model to use (loudly) if --model cannot be loaded; without it a model you name must load",
-        )
-        p.add_argument("--revision", dest="model_revision", help="hub models: branch, tag or commit (default main)")
-        p.add_argument("--segmenter", help="SAM: tiny-sam, vit_b:/path.pth, HF id, or none")
-        p.add_argument("--segmenter-revision", dest="segmenter_revision", help="hub segmenters: branch, tag or commit")
-        p.add_argument("--proposals", choices=["sam", "superpixels"], help="REFER proposal source")
-        p.add_argument(
-            "--refer-route",
-            dest="refer_route",
-            choices=["proposals", "native"],
-            help="REFER: score mask proposals (RegionVLM's method) or the model's own (Florence-2)",
-        )
-        p.add_argument("--device", help="auto | cpu | cuda")
-        p.add_argument("--dtype", help="auto | float32 | float16 | bfloat16")
-        p.add_argument("--seed", type=int)
-        p.add_argument("--config", help="node parameters YAML (config/default.yaml) to read engine settings from")
-        p.add_argument("--max-new-tokens", type=int, default=0)
+        add_engine_arguments(p)
+        p.add_argument("--max-new-tokens", dest="max_new_tokens", type=int,
+                       help="generation length (unset: --config's, the model's own, else 30)")
         p.add_argument("--json", action="store_true", help="one JSON object on stdout")
         p.add_argument("--depth", help="depth image aligned to IMAGE (16-bit PNG x --depth-scale, float TIFF "
                        "or .npy in metres): adds each region's 3D position and size")
@@ -252,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     classify = task_parser("classify", "name the region with a label from a vocabulary")
     group = classify.add_mutually_exclusive_group()
     group.add_argument("--labels", help='candidate labels "a,b,c"')
-    group.add_argument("--vocab", default="coco80", help="vocabulary name or file (default coco80)")
+    group.add_argument("--vocab", dest="default_vocabulary",
+                       help="vocabulary name or file (unset: --config's, the model's own, else coco80)")
     classify.add_argument("--rank", action="store_true", help="rank every label by the model's loss")
 
     snap = sub.add_parser("snap", help="snap free text onto a vocabulary by sentence embedding")

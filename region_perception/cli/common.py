@@ -85,17 +85,52 @@ def regions_from_args(args: argparse.Namespace, size: tuple[int, int]) -> list[R
     return regions
 
 
-def engine_from_args(args: argparse.Namespace):
-    """A loaded engine: ``--config``'s engine settings, then the engine options given."""
-    from ..engine import EngineConfig, RegionEngine
+# the engine options every model-running command offers: --flag -> EngineConfig field
+ENGINE_OPTIONS = ("model", "fallback_model", "model_revision", "segmenter", "segmenter_backend", "segmenter_revision",
+                  "proposals", "refer_route", "device", "dtype", "seed")
+
+
+def add_engine_arguments(p: argparse.ArgumentParser) -> None:
+    """The engine options, each unset by default: an option left out takes the ``--config`` file's value, else
+    the model's own (its region_perception.json), else the package default (engine/config.py)."""
+    g = p.add_argument_group("engine (unset: --config's, else the model's own, else the package default)")
+    g.add_argument("--config", help="node parameters YAML (config/default.yaml) to read engine settings from")
+    g.add_argument("--model", help="registry name, Hugging Face id or directory (default: Florence-2-base)")
+    g.add_argument("--fallback-model", dest="fallback_model",
+                   help="model to use (loudly) if --model cannot be loaded; without it a model you name must load")
+    g.add_argument("--revision", dest="model_revision", help="hub models: branch, tag or commit (default main)")
+    g.add_argument("--segmenter", help="SAM: a trained SAM directory, vit_b:/path.pth, HF id, tiny-sam, or none")
+    g.add_argument("--segmenter-backend", dest="segmenter_backend", choices=["sam", "hf-sam"],
+                   help="sam (segment-anything) or hf-sam (transformers SamModel)")
+    g.add_argument("--segmenter-revision", dest="segmenter_revision", help="hub segmenters: branch, tag or commit")
+    g.add_argument("--proposals", choices=["sam", "superpixels"], help="REFER proposal source")
+    g.add_argument("--refer-route", dest="refer_route", choices=["proposals", "native"],
+                   help="REFER: score mask proposals (RegionVLM's method) or the model's own (Florence-2)")
+    g.add_argument("--device", help="auto | cpu | cuda")
+    g.add_argument("--dtype", help="auto | float32 | float16 | bfloat16")
+    g.add_argument("--seed", type=int)
+
+
+def user_settings_from_args(args: argparse.Namespace):
+    """What the command line and ``--config`` set (nothing else: the rest is the model's own or the default)."""
+    from ..engine.settings import UserSettings
     from ..service.config_file import engine_values, load_parameters
 
-    values: dict[str, Any] = engine_values(load_parameters(args.config)) if args.config else {}
-    for key in ("model", "fallback_model", "segmenter", "proposals", "refer_route", "device", "dtype", "seed",
-                "model_revision", "segmenter_revision"):
-        if getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
-    return RegionEngine.load(EngineConfig.from_dict(values))
+    config: dict[str, Any] = {}
+    if getattr(args, "config", None):
+        if not Path(args.config).is_file():
+            raise CliError(f"--config {args.config!r}: no such file")
+        config = engine_values(load_parameters(args.config))
+    options = (*ENGINE_OPTIONS, "max_new_tokens", "default_vocabulary")
+    return UserSettings(command_line={k: getattr(args, k) for k in options if getattr(args, k, None) is not None},
+                        config=config)
+
+
+def engine_from_args(args: argparse.Namespace):
+    """A loaded engine with the settings resolved: command line > ``--config`` > the model's own > defaults."""
+    from ..engine import RegionEngine
+
+    return RegionEngine.load(user_settings_from_args(args))
 
 
 def print_result(result: dict[str, Any], as_json: bool) -> None:

@@ -11,6 +11,7 @@ under the engine's lock) over the same code the node's cross-query batching uses
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
@@ -34,6 +35,7 @@ from .results import (
     query_errors,
 )
 from .scoring import sentence_losses
+from .settings import UserSettings, describe_sources, flatten, model_own_settings
 
 __all__ = [
     "TASKS",
@@ -44,6 +46,7 @@ __all__ = [
     "RegionEngine",
     "TaskError",
     "TaskResult",
+    "UserSettings",
     "check_image",
     "check_text",
     "query_errors",
@@ -58,6 +61,8 @@ class RegionEngine:
         self, config: EngineConfig, model, segmenter=None, proposer=None, cache: FeatureCache | None = None
     ) -> None:
         self.config = config
+        # the settings that are not the package defaults, and where each came from (results and diagnostics)
+        self.settings: dict[str, dict] = describe_sources(config, UserSettings.everything(config).resolve({})[1])
         self.model = model
         self.segmenter = segmenter
         self.proposer = proposer or segmenter
@@ -71,23 +76,40 @@ class RegionEngine:
         )
 
     @classmethod
-    def load(cls, config: EngineConfig) -> RegionEngine:
-        from ..models.loading import load_region_model, load_segmenter, resolve_device, resolve_dtype
+    def load(cls, settings: EngineConfig | UserSettings) -> RegionEngine:
+        """Load the model, then the rest with the settings resolved: what the user set, else the model's own
+        (its ``region_perception.json``), else the package defaults. A whole :class:`EngineConfig` is taken
+        as it is (the model's own settings do not apply)."""
+        from ..models.loading import load_region_model, resolve_device, resolve_dtype
+
+        user = settings if isinstance(settings, UserSettings) else UserSettings.everything(settings)
+        config = user.loading_config()
+        if config.refer_route not in ("proposals", "native"):  # a user's mistake fails before minutes of loading
+            raise ValueError(f"refer_route {config.refer_route!r}: expected proposals or native")
+        device = resolve_device(config.device)
+        dtype = resolve_dtype(config.dtype, device)
+        from .vocabulary import check_snap_model
+
+        check_snap_model(config.snap_model, config.snap_model_revision)  # fails now, not at the first CLASSIFY
+        model = load_region_model(
+            config.model, device, dtype, trust_remote_code=config.trust_remote_code,
+            fallback_model=config.fallback_model, revision=config.model_revision,
+        )
+        own = model_own_settings(getattr(model, "meta", {}) or {}, getattr(model, "directory", None))
+        config, sources = user.resolve(own)
+        engine = cls._assemble(config, model, device)
+        engine.settings = describe_sources(config, sources, own)
+        return engine
+
+    @classmethod
+    def _assemble(cls, config: EngineConfig, model, device: torch.device) -> RegionEngine:
+        """The engine around a loaded model: test aids, segmenter, proposals, feature cache."""
+        from ..models.loading import load_segmenter
         from ..models.sam import SuperpixelProposer
 
         if config.refer_route not in ("proposals", "native"):
             raise ValueError(f"refer_route {config.refer_route!r}: expected proposals or native")
-        device = resolve_device(config.device)
-        dtype = resolve_dtype(config.dtype, device)
         cache = FeatureCache(config.feature_cache_frames)
-        from .vocabulary import check_snap_model
-
-        check_snap_model(config.snap_model, config.snap_model_revision)  # fails now, not at the first CLASSIFY
-        trust, fallback = config.trust_remote_code, config.fallback_model
-        revision = config.model_revision
-        model = load_region_model(
-            config.model, device, dtype, trust_remote_code=trust, fallback_model=fallback, revision=revision
-        )
         if config.fault_every > 0:
             from ..models.faults import FaultInjectingBackend
 
@@ -110,6 +132,10 @@ class RegionEngine:
         else:
             raise ValueError(f"proposals {config.proposals!r}: expected sam or superpixels")
         return cls(config, model, segmenter, proposer, cache)
+
+    def settings_values(self) -> dict:
+        """Every engine setting in force, flat (``proposal_filter.max_proposals``)."""
+        return flatten(dataclasses.asdict(self.config))
 
     @property
     def model_label(self) -> str:

@@ -166,6 +166,7 @@ class FramePass:
             image_size=tuple(self.size),
             timings_ms=self.timings.as_dict(),
             notes=notes,
+            settings=dict(getattr(engine, "settings", {})),
             **extra,
         )
 

@@ -1,4 +1,9 @@
-"""The region engine's settings (the node's parameters and the CLI's options name the same fields)."""
+"""The region engine's settings and their package defaults: the one source of defaults.
+
+The node's parameters, the CLI's options, ``eval``, ``train``'s final evaluation and
+``config/default.yaml`` all start from these values (``tests/test_settings.py`` holds them equal);
+how a setting set elsewhere overrides them is ``engine/settings.py``.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ from ..geometry.region_text import Rounding
 class EngineConfig:
     model: str = "florence-community/Florence-2-base"
     fallback_model: str = ""  # loaded (loudly) if `model` cannot be; "" = only the default falls back offline
-    segmenter: str = "tiny-sam"  # segment-anything spec / HF id; "none" = no SAM
+    segmenter: str = "none"  # segment-anything spec / HF id / model directory; "none" = no SAM
     segmenter_backend: str = "sam"  # sam (segment-anything) | hf-sam (transformers)
     proposals: str = "superpixels"  # sam | superpixels
     refer_route: str = "proposals"  # proposals (score SAM/superpixel masks) | native (Florence-2's own)
@@ -29,6 +34,7 @@ class EngineConfig:
     seed: int = 0
     rounding: Rounding = "truncate"
     max_new_tokens: int = 30
+    default_vocabulary: str = "coco80"  # CLASSIFY labels when a query gives none: a name or a file
     num_beams: int = 1
     score_batch_size: int = 32
     max_points: int = 1024

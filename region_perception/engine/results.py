@@ -55,6 +55,8 @@ class TaskResult:
     candidate_boxes: list[list[float]] = field(default_factory=list)
     candidate_masks: list[np.ndarray] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    # engine settings that are not the package defaults: {name: {"value": v, "from": level}} (engine/settings.py)
+    settings: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         """Everything but the pixel masks, for printing."""
@@ -83,6 +85,7 @@ class TaskResult:
             "candidate_boxes": self.candidate_boxes,
             "timings_ms": self.timings_ms,
             "notes": self.notes,
+            "settings": self.settings,
         }
 
 

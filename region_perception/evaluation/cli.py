@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from ..cli.common import CliError, engine_from_args, print_summary
+from ..cli.common import CliError, add_engine_arguments, engine_from_args, print_summary
 from .runner import TASKS
 
 
@@ -31,16 +31,7 @@ def add_parser(sub) -> None:
                    help="only merge --out's per-rank files of a WORLD-rank run and summarise them")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--json", action="store_true", help="the summary as one JSON object on stdout")
-    eng = p.add_argument_group("engine (as the node's: --config config/default.yaml)")
-    eng.add_argument("--config", help="node parameters YAML to read engine settings from")
-    eng.add_argument("--model")
-    eng.add_argument("--fallback-model", dest="fallback_model")
-    eng.add_argument("--segmenter")
-    eng.add_argument("--proposals", choices=["sam", "superpixels"])
-    eng.add_argument("--refer-route", dest="refer_route", choices=["proposals", "native"])
-    eng.add_argument("--device")
-    eng.add_argument("--dtype")
-    eng.add_argument("--seed", type=int)
+    add_engine_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -63,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
             args.task, engine, dataset, limit=args.limit, out=Path(args.out) if args.out else None,
             progress=args.progress, predictions=args.predictions, region=args.region, rank=args.rank,
             vocabulary_name=args.vocabulary_name, candidates=args.candidates, meteor=args.meteor,
-            route=args.refer_route or "", seed=args.seed or 0,
+            route="", seed=engine.config.seed if engine else (args.seed or 0),
         )
     print_summary(summary, args.json)
     return 0

@@ -258,6 +258,7 @@ def evaluate(task: str, engine, dataset: RegionDataset, *, limit: int | None = N
         summary["notes"] = ["RANDOM WEIGHTS: these figures measure the code path, not a trained model"]
     if engine is not None and predictions is None:
         summary["device"] = str(getattr(engine.model, "device", ""))
+        summary["settings"] = dict(getattr(engine, "settings", {}))  # those not at their default, and from where
     return summary
 
 

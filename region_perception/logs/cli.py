@@ -58,17 +58,15 @@ def run(args: argparse.Namespace) -> int:
     config = args.config or (str(DEFAULT_CONFIG) if DEFAULT_CONFIG.is_file() else None)
     params: dict[str, Any] = load_parameters(config) if config else {}
     values = engine_values(params)
-    for key in ("model", "device", "seed"):
-        if getattr(args, key) is not None:
-            values[key] = getattr(args, key)
-    vocabulary = str(params.get("default_vocabulary", "coco80"))
+    given = {key: getattr(args, key) for key in ("model", "device", "seed") if getattr(args, key) is not None}
     tolerance = args.tolerance if args.tolerance is not None else float(params.get("stamp_tolerance_s", 0.05))
 
-    from ..engine import EngineConfig, RegionEngine
+    from ..engine import RegionEngine, UserSettings
     from ..service.frame_buffer import FrameBuffer
     from ..service.query_processor import QueryProcessor
 
-    engine = RegionEngine.load(EngineConfig.from_dict(values))
+    engine = RegionEngine.load(UserSettings(command_line=given, config=values))
+    vocabulary = engine.config.default_vocabulary  # the config's, the model's own, or the default
     if engine.weights_random:
         print("*** RANDOM WEIGHTS: the answers exercise the code path; they are not predictions ***", file=sys.stderr)
     processor = QueryProcessor(

@@ -238,6 +238,7 @@ def _load_one(name: str, device: torch.device, dtype: torch.dtype, trust_remote_
         model.trained_note = str(meta.get("note", "")) if meta.get("trained") else ""
         model.commit, model.revision = resolved.commit, resolved.revision  # what a hub id resolved to
         model.refer_prompt = bool(meta.get("refer_prompt", False))  # trained with REFER_INSTRUCTION
+        model.meta, model.directory = meta, resolved.local  # the engine reads the model's own settings from these
     return model
 
 

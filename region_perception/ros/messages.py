@@ -10,6 +10,7 @@ from std_msgs.msg import Header
 from region_perception.msg import Region as RegionMsg
 from region_perception.msg import RegionOutput, RegionQuery, RegionResult
 
+from ..engine.settings import source_lines
 from ..geometry.regions import BoxRegion, MaskRegion, PointsRegion, Region, RegionError, ScribbleRegion, WholeImage
 from ..service.query_processor import Outcome, QuerySpec
 from .image_conversion import ImageConversionError, mask_msg_to_bool, mask_to_msg
@@ -107,6 +108,7 @@ def result_msg(outcome: Outcome, model_name: str, weights_random: bool, include_
     msg.candidate_scores = [float(s) for s in result.candidate_scores]
     msg.candidate_boxes = [_roi(b) for b in result.candidate_boxes]
     msg.notes = [str(n) for n in result.notes]
+    msg.settings = source_lines(result.settings)
     if getattr(outcome, "position_frame_id", ""):
         # the frame the positions are in (aligned depth: the colour frame); a new header, as
         # msg.header may be the frame's own message header

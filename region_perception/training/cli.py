@@ -47,6 +47,9 @@ def add_parser(sub) -> None:
                    help="region (stage 1, default): the region pathway with the backend's recipe; vision (stage "
                         "0): pre-train the vision tower on dense per-cell and mask-pooled labels (COCO masks and "
                         "their attributes); a stage-1 run on its output then freezes the tower")
+    p.add_argument("--settings", help="engine settings stored with the model as its own and used by its final "
+                                      "evaluation, JSON, e.g. '{\"proposal_filter.min_area_fraction\": 0.01}' "
+                                      "(the data's categories are always stored as its default vocabulary)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--json", action="store_true", help="the summary as one JSON object on stdout")
     p.set_defaults(func=run)
@@ -59,6 +62,18 @@ def run(args: argparse.Namespace) -> int:
         sizes = json.loads(args.sizes) if args.sizes else {}
     except json.JSONDecodeError as exc:
         raise CliError(f"--sizes: not JSON ({exc})") from None
+    try:
+        settings = json.loads(args.settings) if args.settings else {}
+    except json.JSONDecodeError as exc:
+        raise CliError(f"--settings: not JSON ({exc})") from None
+    if not isinstance(settings, dict):
+        raise CliError("--settings: a JSON object of engine settings")
+    from ..engine.settings import SettingsError, model_own_settings
+
+    try:
+        model_own_settings({"settings": settings})  # only what a model may carry, with the right types
+    except SettingsError as exc:
+        raise CliError(f"--settings: {exc}") from None
     if args.eval_limit is not None and args.eval_limit < 0:
         raise CliError("--eval-limit must be 0 or more")
     cfg = TrainConfig(
@@ -68,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed, resume=args.resume,
         overwrite=args.overwrite, split=args.split, val_split=args.val_split, eval_limit=args.eval_limit,
         save_every=args.save_every, device=args.device, sizes=sizes, progress=args.progress, stage=args.stage,
+        settings=settings,
     )
     try:
         summary = train(cfg)

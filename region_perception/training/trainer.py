@@ -23,9 +23,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..engine.settings import MODEL_SETTINGS_KEY, flatten
 from .examples import ExampleSampler, check_tasks
 from .recipes import distinct_images, get_recipe, select_trainable
 from .vision import STAGE0_META
+
+VOCABULARY_FILE = "vocabulary.txt"  # the training data's categories, beside the weights
 
 CHECKPOINTS = "checkpoints"
 # what each training task is measured by at the end (harness task, options)
@@ -71,6 +74,10 @@ class TrainConfig:
     progress: bool = True
     stage: str = "region"  # one of STAGES
     tower_cache_mb: int = 2048  # stage 1: the frozen tower's output kept per image, at most this much; 0 = off
+    # engine settings stored with the model as its own (region_perception.json "settings"), used by its final
+    # evaluation and by every later load that does not set them (engine/settings.py); the training data's
+    # categories are always stored as its default vocabulary
+    settings: dict = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- checks before anything is written
@@ -469,6 +476,7 @@ def train(cfg: TrainConfig) -> dict:
         meta.pop("weights_random", None)
         if "refer" in sampler.tasks:  # referring sentences were trained after their own instruction
             meta["refer_prompt"] = True
+        meta[MODEL_SETTINGS_KEY] = _own_settings(cfg, sampler.dataset, out)
         (out / "region_perception.json").write_text(json.dumps(meta, indent=1))
         _mark_trained(out, cfg, sampler.dataset, steps, None)
     accelerator.wait_for_everyone()
@@ -586,6 +594,13 @@ def _jsonable(value):
     return str(value) if isinstance(value, Path) else value
 
 
+def _own_settings(cfg: TrainConfig, dataset, out: Path) -> dict:
+    """The settings the model is evaluated with and carries: the data's categories as its vocabulary
+    (``vocabulary.txt`` beside the weights), then ``cfg.settings``."""
+    (out / VOCABULARY_FILE).write_text("".join(f"{c}\n" for c in dataset.categories))
+    return {"default_vocabulary": VOCABULARY_FILE, **flatten(cfg.settings)}
+
+
 def _mark_trained(out: Path, cfg: TrainConfig, dataset, steps: int, metrics: dict | None) -> None:
     from ..models.toy import mark_trained
 
@@ -596,17 +611,24 @@ def _mark_trained(out: Path, cfg: TrainConfig, dataset, steps: int, metrics: dic
 # ---------------------------------------------------------------- evaluation through the harness
 
 
+def final_evaluation_settings(out: Path, *, device: str = "auto", seed: int = 0):
+    """Only how to load the trained model: everything else is its own settings (just written) or the package
+    defaults, exactly what ``region-perception eval --model OUT`` resolves, so the card's figures come back."""
+    from ..engine import UserSettings
+
+    return UserSettings(command_line={"model": str(out), "device": device, "dtype": "float32", "seed": seed})
+
+
 def evaluate_out(out: Path, data: str, split: str, tasks: Sequence[str], *, limit: int | None = None,
                  device: str = "auto", progress: bool = True, rank_world: tuple[int, int] = (0, 1),
                  seed: int = 0) -> dict:
     """Evaluate the trained directory on ``split`` with the harness, sharded over ranks; metrics per task."""
     from ..datasets import load_dataset
-    from ..engine import EngineConfig, RegionEngine
+    from ..engine import RegionEngine
     from ..evaluation import evaluate
 
     dataset = load_dataset(data, split)
-    engine = RegionEngine.load(EngineConfig(model=str(out), segmenter="none", proposals="superpixels",
-                                            device=device, dtype="float32", seed=seed))
+    engine = RegionEngine.load(final_evaluation_settings(out, device=device, seed=seed))
     results: dict[str, dict] = {}
     eval_dir = Path(out) / "eval"
     for task in tasks:
@@ -697,6 +719,14 @@ def write_model_card(out: Path, summary: dict, meta: dict | None = None) -> None
         lines.append("")
     if meta.get("how_made"):
         lines += ["## How it was made", "", meta["how_made"], ""]
-    lines += ["Load it like any checkpoint: `region-perception describe IMAGE --points x,y --model DIR`, or the "
-              "node with `model:=DIR`.", ""]
+    own = meta.get(MODEL_SETTINGS_KEY) or {}
+    if own:
+        lines += ["## Its own settings", "",
+                  "Stored in `region_perception.json` and used by the evaluation above; they apply whenever this "
+                  "model is named and the user sets nothing else (command line > `--config` / node parameters > "
+                  "the model's own > package defaults):", ""]
+        lines += [f"- `{k}`: `{v}`" for k, v in flatten(own).items()] + [""]
+    ref = meta.get("card_name") or str(out)
+    lines += [f"Load it like any checkpoint: `region-perception describe IMAGE --points X,Y --model {ref}` (X,Y: a "
+              f"pixel of the object), or the node with `model:={ref}`.", ""]
     (Path(out) / "README.md").write_text("\n".join(lines))
