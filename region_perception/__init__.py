@@ -7,15 +7,9 @@ importing only from the floors below: ``docs/architecture.md``.
 
 import pkgutil
 
-from . import _aliases
-
 # The generated ROS interfaces (``region_perception.msg`` / ``.srv``) are installed into
 # the ROS prefix's site-packages by CMake, while this code may be installed elsewhere
 # (an editable pip install). Let the package span both directories.
 __path__ = pkgutil.extend_path(__path__, __name__)
 
 __version__ = "0.1.0"
-
-# The import paths before #23 (``region_perception.regions``, ``.batching``, ...) load the
-# same module objects as their new homes.
-_aliases.install()

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from region_perception.ros_env import apply_local_ros_env
+from region_perception.common.ros_env import apply_local_ros_env
 
 REPO = Path(__file__).resolve().parents[1]
 HELPERS = Path(__file__).resolve().parent / "helpers"

@@ -1,4 +1,4 @@
-"""An idle worker woken by a query settles while a burst arrives (``batch_settle_ms``, #23).
+"""An idle worker woken by a query settles while a burst arrives (``batch_settle_ms``).
 
 No test here depends on the machine's speed: the burst is queued while the worker is
 provably inside its settle step (the step's wait is replaced by one that waits for the
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from region_perception.status import Status
+from region_perception.common.status import Status
 
 from .test_batching import BatchingEngine, by_id
 from .test_query_processor import caption, frame, make, wait_for

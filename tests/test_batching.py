@@ -8,10 +8,10 @@ import time
 import numpy as np
 import pytest
 
-from region_perception.batching import BatchItem, sentence_losses
-from region_perception.query_processor import QuerySpec
-from region_perception.regions import PointsRegion, RegionError
-from region_perception.status import Status, Task
+from region_perception.common.status import Status, Task
+from region_perception.engine.batch import BatchItem, sentence_losses
+from region_perception.geometry.regions import PointsRegion, RegionError
+from region_perception.service.query_processor import QuerySpec
 
 from .test_query_processor import FakeEngine, caption, frame, make, wait_for
 
@@ -255,14 +255,14 @@ def test_several_sentences_share_decoder_calls_with_the_losses_each_gets_alone(t
 
 
 def engine_timings():
-    from region_perception.timing import Timings
+    from region_perception.common.timing import Timings
 
     return Timings()
 
 
 def test_refer_bound_is_vision_plus_row_over_row_from_the_same_runs_timings():
     from region_perception.bench import Figure
-    from region_perception.bench_batching import refer_bound
+    from region_perception.bench.batching import refer_bound
 
     timings = {"vision_encode": 300.0, "qformer": 8000.0, "lm_encode": 1000.0, "lm_loss": 1000.0, "generation": 9e9}
     detail = {"ours_timings_ms": timings, "rows": 100, "reference_s": 50.0}

@@ -12,8 +12,8 @@ import pytest
 from PIL import Image as PILImage
 
 from region_perception.datasets.synthetic import _RGB, generate
+from region_perception.datasets.synthetic_camera import ground_truth, inside_point, mask_from_truth, synthetic_frame
 from region_perception.ros.processes import camera_command
-from region_perception.synthetic_camera import ground_truth, inside_point, mask_from_truth, synthetic_frame
 
 
 def test_frames_are_the_synthetic_datasets_scenes(tmp_path):

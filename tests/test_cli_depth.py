@@ -8,8 +8,13 @@ import cv2
 import numpy as np
 import pytest
 
-from region_perception.depth3d import metres_to_16uc1
-from region_perception.synthetic_camera import camera_intrinsics, ground_truth, synthetic_depth_frame, synthetic_frame
+from region_perception.datasets.synthetic_camera import (
+    camera_intrinsics,
+    ground_truth,
+    synthetic_depth_frame,
+    synthetic_frame,
+)
+from region_perception.geometry.depth import metres_to_16uc1
 
 from .test_cli import run_cli
 

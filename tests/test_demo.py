@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from region_perception.datasets.synthetic_camera import ground_truth, mask_from_truth
 from region_perception.models.tiny import RANDOM_WEIGHTS_MARKER
 from region_perception.models.toy import toy_path
 from region_perception.ros.demo import TOY_LABEL, TOY_PARAMS, judge, make_plan, proposal_min_area, questions_for
-from region_perception.synthetic_camera import ground_truth, mask_from_truth
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -86,11 +86,11 @@ def test_no_trained_toy_falls_back_to_photos_and_says_make_train_toy(tmp_path, r
 
 
 def test_toy_config_names_the_toy_and_the_shapes_vocabulary():
-    from region_perception.config_file import load_parameters, read_vocabulary
     from region_perception.datasets.synthetic import SHAPES
     from region_perception.engine.settings import MODEL_OWN, model_own_settings
     from region_perception.models.toy import toy_path
     from region_perception.ros.node import PARAMETERS
+    from region_perception.service.config_file import load_parameters, read_vocabulary
 
     params = load_parameters(TOY_PARAMS)
     assert params["model"] == "toy-regionvlm"
@@ -120,7 +120,7 @@ def test_questions_cover_the_four_kinds_and_refer_names_its_target():
 
 def test_refer_asks_about_an_object_the_node_can_propose(tmp_path):
     """The node drops proposals smaller than its filter's minimum: REFER targets a larger object."""
-    from region_perception.proposals import ProposalFilter
+    from region_perception.geometry.proposals import ProposalFilter
 
     assert proposal_min_area(TOY_PARAMS) == 0.01  # config/toy.yaml: small shapes on 128-px scenes
     assert proposal_min_area(TOY_PARAMS.parent / "default.yaml") == ProposalFilter().min_area_fraction

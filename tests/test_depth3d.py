@@ -12,10 +12,11 @@ import time
 import numpy as np
 import pytest
 
-from region_perception.depth3d import (
+from region_perception.common.status import Status, Task
+from region_perception.engine import RegionAnswer, TaskResult
+from region_perception.geometry.depth import (
     DepthError,
     DepthSettings,
-    DepthSource,
     Intrinsics,
     depth_array_to_metres,
     depth_to_metres,
@@ -25,11 +26,10 @@ from region_perception.depth3d import (
     synthetic_depth,
     synthetic_intrinsics,
 )
-from region_perception.engine import RegionAnswer, TaskResult
-from region_perception.frame_buffer import Frame, FrameBuffer
-from region_perception.query_processor import QueryProcessor, QuerySpec
-from region_perception.regions import BoxRegion, region_mask
-from region_perception.status import Status, Task
+from region_perception.geometry.regions import BoxRegion, region_mask
+from region_perception.service.depth_source import DepthSource
+from region_perception.service.frame_buffer import Frame, FrameBuffer
+from region_perception.service.query_processor import QueryProcessor, QuerySpec
 
 W, H = 640, 480
 K = synthetic_intrinsics(W, H)

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from region_perception.conversation import ConversationStore
-from region_perception.regions import MaskRegion
+from region_perception.engine.conversation import ConversationStore
+from region_perception.geometry.regions import MaskRegion
 
 torch.set_num_threads(1)
 

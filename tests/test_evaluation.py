@@ -93,7 +93,7 @@ class OracleProposer:
 
 def oracle_engine(dataset):
     from region_perception.engine import EngineConfig, RegionEngine
-    from region_perception.proposals import ProposalFilter
+    from region_perception.geometry.proposals import ProposalFilter
 
     config = EngineConfig(model="oracle", segmenter="none", device="cpu",
                           proposal_filter=ProposalFilter(min_area_fraction=0.0, max_border_fraction=1.0,

@@ -9,10 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from region_perception.engine import EngineConfig, RegionEngine, TaskError
+from region_perception.geometry.regions import BoxRegion, PointsRegion
 from region_perception.models.backend import RegionCue
 from region_perception.models.florence2 import box_to_location_tokens, location_tokens_to_box, polygons_to_mask
 from region_perception.models.loading import tiny_path
-from region_perception.regions import BoxRegion, PointsRegion
 
 
 @pytest.fixture(scope="module")

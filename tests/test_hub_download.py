@@ -1,4 +1,4 @@
-"""Issue #24: the first run on a connected robot downloads from the hub, pins, caches, then runs offline.
+"""The first run on a connected robot downloads from the hub, pins, caches, then runs offline.
 
 Every test talks to a real HTTP hub on loopback (region_perception.testing.hub) through the
 installed huggingface_hub, with HF_ENDPOINT pointing at it and a fresh HF_HOME per test; the

@@ -1,4 +1,4 @@
-"""A query that can never succeed is refused at intake, however busy the worker is (issue #25).
+"""A query that can never succeed is refused at intake, however busy the worker is.
 
 Under load a malformed query used to wait in the queue (or be refused QUEUE_FULL, "retry
 later") because its regions were only checked by the engine. Here the queue is full of
@@ -17,12 +17,12 @@ import subprocess
 import numpy as np
 import pytest
 
+from region_perception.common.status import Status, Task
 from region_perception.engine import RegionEngine, TaskError
-from region_perception.frame_buffer import Frame
+from region_perception.geometry.regions import BoxRegion, MaskRegion, PointsRegion, RegionError, ScribbleRegion
 from region_perception.models.faults import HoldingBackend
-from region_perception.query_processor import QuerySpec
-from region_perception.regions import BoxRegion, MaskRegion, PointsRegion, RegionError, ScribbleRegion
-from region_perception.status import Status, Task
+from region_perception.service.frame_buffer import Frame
+from region_perception.service.query_processor import QuerySpec
 
 from .test_query_processor import FakeEngine, busy, caption, frame, make, wait_for, wait_until
 

@@ -7,8 +7,8 @@ import py_compile
 
 import yaml
 
-from region_perception.config_file import engine_values, load_parameters
 from region_perception.engine import EngineConfig
+from region_perception.service.config_file import engine_values, load_parameters
 
 from .conftest import REPO
 

@@ -1,5 +1,6 @@
-"""The folders are floors (#23, docs/architecture.md): imports go only downward, never round in a
-circle (imports inside functions included), and only ``ros/`` imports rclpy."""
+"""The folders are floors (docs/architecture.md): imports go only downward, never round in a
+circle (imports inside functions included), only ``ros/`` imports rclpy, and only the command line
+itself imports ``cli/``."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from region_perception import _aliases
 from region_perception.testing.layers import (
     LAYERS,
     cycles,
@@ -45,14 +45,24 @@ def test_rclpy_only_under_ros():
     assert forbidden_externals(external_imports(PKG), ("rclpy",), ("region_perception.ros",)) == []
 
 
-@pytest.mark.parametrize("old", sorted(_aliases.ALIASES))
-def test_an_old_path_is_the_new_module_itself(old):
-    new = _aliases.ALIASES[old]
-    rel = Path(*old.split(".")[1:])
-    assert not (PKG / f"{rel}.py").exists() and not (PKG / rel).is_dir(), f"{old} is a file again: drop its alias"
-    module = importlib.import_module(old)
-    assert module is importlib.import_module(new)
-    assert module.__spec__.name == new  # the alias does not rename the real module
+def test_nothing_below_the_command_line_imports_it():
+    graph = full_graph(PKG)
+    into_cli = sorted((src, dst) for src, targets in graph.items() for dst in targets
+                      if dst.startswith("region_perception.cli") and not src.startswith("region_perception.cli"))
+    assert into_cli == []
+
+
+# the modules that lay loose at the package root before the folders were floors: none may import again
+OLD_NAMES = ("timing", "status", "ros_env", "feature_cache", "regions", "region_text", "proposals", "depth3d",
+             "synthetic_camera", "engine_config", "results", "batching", "scoring", "refer", "conversation",
+             "vocabulary", "query_processor", "frame_buffer", "overlay", "config_file", "image_decoding",
+             "bench_common", "bench_batching", "_aliases", "_compat")
+
+
+@pytest.mark.parametrize("old", OLD_NAMES)
+def test_no_name_of_the_old_layout_imports(old):
+    with pytest.raises(ModuleNotFoundError):
+        importlib.import_module(f"region_perception.{old}")
 
 
 # The checker itself, on a package written for the test.

@@ -13,11 +13,16 @@ import numpy as np
 import pytest
 from geometry_msgs.msg import Point32
 
+from region_perception.datasets.synthetic_camera import (
+    camera_intrinsics,
+    ground_truth,
+    synthetic_depth_frame,
+    synthetic_frame,
+)
 from region_perception.logs.make_log import write_rgbd_log
 from region_perception.logs.reader import LogReader
 from region_perception.msg import Region, RegionQuery, RegionResult
 from region_perception.ros.processes import camera_command, node_command
-from region_perception.synthetic_camera import camera_intrinsics, ground_truth, synthetic_depth_frame, synthetic_frame
 
 from .test_logs import stopped
 
@@ -45,7 +50,7 @@ def write_masks_script(path: Path, frames) -> Path:
     for i, (stamp, _, _, truth) in enumerate(frames):
         obj = truth["objects"][0]
         mask_file = path.parent / f"mask{i}.png"
-        from region_perception.synthetic_camera import mask_from_truth
+        from region_perception.datasets.synthetic_camera import mask_from_truth
 
         cv2.imwrite(str(mask_file), mask_from_truth(obj).astype(np.uint8) * 255)
         at = {"sec": stamp // 1_000_000_000, "nanosec": stamp % 1_000_000_000}

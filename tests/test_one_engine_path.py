@@ -1,4 +1,4 @@
-"""One engine path (#23): every task runs as a batch, and a query alone is a batch of one."""
+"""One engine path: every task runs as a batch, and a query alone is a batch of one."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from region_perception.batching import BatchItem
 from region_perception.engine import RegionEngine, TaskError
-from region_perception.regions import BoxRegion, PointsRegion
+from region_perception.engine.batch import BatchItem
+from region_perception.geometry.regions import BoxRegion, PointsRegion
 
 PACKAGE = Path(__file__).resolve().parents[1] / "region_perception"
 
@@ -54,7 +54,7 @@ def _same(got, alone):
 
 
 def test_a_batched_native_refer_on_a_comprehension_backend_answers_as_alone(regiongpt_native, astronaut):
-    """Before #23 the batch path sent it to ``refer_native`` and answered TaskError ("no referring
+    """Before the one engine path, the batch path sent it to ``refer_native`` and answered TaskError ("no referring
     segmentation of its own"), while the same query alone comprehended over the proposals."""
     engine = regiongpt_native
     image = astronaut[::4, ::4].copy()

@@ -8,11 +8,11 @@ import time
 import numpy as np
 import pytest
 
+from region_perception.common.status import Status, Task
 from region_perception.engine import TaskError
-from region_perception.frame_buffer import Frame, FrameBuffer, FrameLookupError
-from region_perception.query_processor import QueryProcessor, QuerySpec
-from region_perception.regions import PointsRegion, RegionError
-from region_perception.status import Status, Task
+from region_perception.geometry.regions import PointsRegion, RegionError
+from region_perception.service.frame_buffer import Frame, FrameBuffer, FrameLookupError
+from region_perception.service.query_processor import QueryProcessor, QuerySpec
 
 IMAGE = np.zeros((20, 30, 3), dtype=np.uint8)
 

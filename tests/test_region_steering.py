@@ -28,10 +28,10 @@ import numpy as np
 import pytest
 
 from region_perception.datasets.synthetic import SHAPES, scene
+from region_perception.datasets.synthetic_camera import inside_point, iou, names_object
+from region_perception.geometry.regions import BoxRegion, MaskRegion, PointsRegion, ScribbleRegion
 from region_perception.models.tiny import RANDOM_WEIGHTS_MARKER
 from region_perception.models.toy import TOY_DIR
-from region_perception.regions import BoxRegion, MaskRegion, PointsRegion, ScribbleRegion
-from region_perception.synthetic_camera import inside_point, iou, names_object
 
 # REGION_PERCEPTION_TOY_DIR: test other toy checkpoints (e.g. freshly trained ones) than the committed ones
 TOYS = Path(os.environ.get("REGION_PERCEPTION_TOY_DIR", TOY_DIR))

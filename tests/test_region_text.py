@@ -6,7 +6,7 @@ import numpy as np
 from hypothesis import given
 from hypothesis import strategies as st
 
-from region_perception.region_text import multi_region_prompt, points_to_text
+from region_perception.geometry.region_text import multi_region_prompt, points_to_text
 
 
 def test_paper_example_truncates():

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from region_perception.geometry.regions import BoxRegion, MaskRegion, PointsRegion, ScribbleRegion
 from region_perception.models.backend import RegionCue
 from region_perception.models.regiongpt import RegionGPTForConditionalGeneration, mask_pool
 from region_perception.models.regiongpt import processing_regiongpt as prompts
-from region_perception.regions import BoxRegion, MaskRegion, PointsRegion, ScribbleRegion
 
 torch.set_num_threads(1)
 

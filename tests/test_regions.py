@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from region_perception.regions import (
+from region_perception.geometry.regions import (
     BoxRegion,
     MaskRegion,
     PointsRegion,

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from region_perception.engine import TaskError
+from region_perception.engine.refer import refer_batched, refer_reference
+from region_perception.geometry.regions import BoxRegion, MaskRegion, PointsRegion, RegionError
 from region_perception.models.loading import tiny_path
-from region_perception.refer import refer_batched, refer_reference
-from region_perception.regions import BoxRegion, MaskRegion, PointsRegion, RegionError
 
 
 @pytest.fixture(scope="module")

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from region_perception.feature_cache import FeatureCache
+from region_perception.common.feature_cache import FeatureCache
+from region_perception.geometry.proposals import ProposalFilter, border_fraction, filter_proposals
 from region_perception.models.loading import load_segmenter, tiny_path
 from region_perception.models.sam import SuperpixelProposer
-from region_perception.proposals import ProposalFilter, border_fraction, filter_proposals
 
 
 def _square(size, y0, x0, h, w):

@@ -64,7 +64,7 @@ def test_a_few_steps_lower_the_loss(tmp_path, world, backend):
 
 def test_out_loads_as_a_trained_model_with_a_model_card(tmp_path, world):
     from region_perception.engine import EngineConfig, RegionEngine
-    from region_perception.regions import BoxRegion
+    from region_perception.geometry.regions import BoxRegion
 
     out = tmp_path / "out"
     summary = train(_cfg(world, out, eval_limit=3))

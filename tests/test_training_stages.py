@@ -128,8 +128,8 @@ def test_a_released_instructblip_config_loads_without_a_stem(tmp_path):
 
 def test_refer_rows_use_their_own_instruction_where_the_model_was_trained_with_it(tmp_path, world):
     from region_perception.engine import EngineConfig, RegionEngine
+    from region_perception.geometry.regions import BoxRegion
     from region_perception.models.backend import REFER_INSTRUCTION
-    from region_perception.regions import BoxRegion
     from region_perception.training.examples import region_cue
     from region_perception.training.recipes import TrainExample
     from region_perception.training.recipes.regionvlm import task_prompt

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from region_perception.config_file import read_vocabulary, vocabulary_display_name
+from region_perception.engine.vocabulary import VocabularySnapper, softmax
 from region_perception.models.backend import labels_hint
-from region_perception.vocabulary import VocabularySnapper, softmax
+from region_perception.service.config_file import read_vocabulary, vocabulary_display_name
 
 COCO = read_vocabulary("coco80")
 

@@ -2,7 +2,7 @@
 
 ``bench.engine`` times the engine's tasks and writes the markdown of ``docs/benchmarks.md``;
 ``bench.batching`` times the query processor's batching; ``bench.common`` holds what both share.
-The names below are the ones ``region_perception.bench`` had before it became a folder (#23).
+The names below are what callers import from ``region_perception.bench``.
 """
 
 from .batching import bench_batching, refer_bound

@@ -173,7 +173,7 @@ def bench_engine(model: str, runs: int = 3, image: np.ndarray | None = None) -> 
 
 
 def bench_depth3d(runs: int = 20) -> dict[str, Any]:
-    """The 3D step (region_perception.depth3d) per region at 640x480, goal <= 2 ms per region.
+    """The 3D step (region_perception.geometry.depth) per region at 640x480, goal <= 2 ms per region.
 
     Regions from a point's disk to the whole image over a synthetic depth scene (objects at
     1-3 m, a wall at 4 m); the figure is the slowest region size's median. Decoding the depth

@@ -1,8 +1,8 @@
-"""What every command-line entry shares: bad-input errors, region and image parsing, the engine, printing.
+"""What the ``region-perception`` sub-commands share: bad-input errors, regions and images from
+arguments, the engine options and the engine, printing.
 
-``region-perception`` (:mod:`.commands`), its ``eval`` and ``train`` sub-commands and the ROS
-query tool read their arguments with these, so a region or an error reads the same everywhere.
-Importing this module pulls in no sub-command, no engine and no ROS.
+Importing this module pulls in no sub-command, no engine and no ROS. Typed regions ("x,y;x,y")
+are parsed one floor down (``geometry/region_parsing.py``), where the ROS query tool reads them too.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from ..geometry.region_parsing import box_from_text, parse_points
 from ..geometry.regions import BoxRegion, MaskRegion, PointsRegion, Region, ScribbleRegion
 
 EXIT_BAD_INPUT = 2
@@ -22,35 +23,6 @@ DEFAULT_CONFIG_FILE = Path(__file__).resolve().parents[2] / "config" / "default.
 
 class CliError(ValueError):
     """Bad command-line input: printed as one line, exit status 2."""
-
-
-def numbers(text: str, what: str) -> list[float]:
-    try:
-        return [float(v) for v in text.replace(";", ",").split(",") if v.strip()]
-    except ValueError:
-        raise CliError(f"{what}: {text!r} is not a list of numbers") from None
-
-
-def box_from_text(text: str, what: str = "--box") -> list[float]:
-    """``"x1,y1,x2,y2"`` -> four numbers."""
-    vals = numbers(text, what)
-    if len(vals) != 4:
-        raise CliError(f"{what}: expected x1,y1,x2,y2, got {text!r}")
-    return vals
-
-
-def parse_points(text: str, what: str = "--points") -> np.ndarray:
-    """``"x,y;x,y"`` -> (N, 2)."""
-    pairs = [p for p in text.split(";") if p.strip()]
-    rows = []
-    for pair in pairs:
-        vals = numbers(pair, what)
-        if len(vals) != 2:
-            raise CliError(f"{what}: {pair!r} is not an x,y pair")
-        rows.append(vals)
-    if not rows:
-        raise CliError(f"{what}: no points given")
-    return np.array(rows, dtype=np.float64)
 
 
 def read_image(path: str) -> np.ndarray:

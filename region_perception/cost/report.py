@@ -8,8 +8,6 @@ decode reads them once per token). Anchors are published latencies of segmenters
 
 from __future__ import annotations
 
-import argparse
-import json
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -148,28 +146,3 @@ def to_markdown(costs: list[ModelCost]) -> str:
     lines += ["Anchors (published, measured):", ""]
     lines += [f"- {a}: {f} ({s})" for a, f, s in ANCHORS]
     return "\n".join(lines) + "\n"
-
-
-def cmd_cost(args: argparse.Namespace) -> int:
-    costs = all_costs(args.model)
-    if args.json:
-        print(json.dumps(to_json(costs), indent=2))
-    else:
-        print(to_markdown(costs), end="")
-    if args.append:  # e.g. docs/benchmarks.md, just written by `bench`
-        with open(args.append, "a") as f:
-            f.write("\n" + to_markdown(costs))
-    return 0
-
-
-def add_parser(sub) -> None:
-    p = sub.add_parser("cost", help="FLOPs, fp16 memory and GPU/Orin latency estimates of the released models")
-    p.add_argument(
-        "--model",
-        action="append",
-        choices=["florence-2-base", "florence-2-large", "regionvlm", "regiongpt"],
-        help="model(s) to count (default: all four)",
-    )
-    p.add_argument("--json", action="store_true", help="one JSON object")
-    p.add_argument("--append", help="also append the Markdown section to this file (make bench: docs/benchmarks.md)")
-    p.set_defaults(func=cmd_cost)

@@ -294,7 +294,7 @@ class RegionEngine:
     def run_batch(self, image: np.ndarray, items: list, *, frame_key: str | None = None) -> list:
         """Several queries on one frame as one call: a TaskResult or the query's own error per item.
 
-        See :mod:`region_perception.batching`; a model fault raises for the whole batch.
+        See :mod:`region_perception.engine.batch`; a model fault raises for the whole batch.
         """
         with self.lock:
             return run_items(self, image, items, frame_key)

@@ -1,7 +1,7 @@
 """RegionVLM on transformers' InstructBLIP: the region is text for the Q-Former.
 
 RegionVLM (arXiv 2403.18260) is BLIP-2 FlanT5-XL whose Q-Former also reads the region as
-text (K points, see :mod:`region_perception.region_text`); InstructBLIP's
+text (K points, see :mod:`region_perception.geometry.region_text`); InstructBLIP's
 ``qformer_input_ids`` is the same design, so the released weights map onto
 ``InstructBlipForConditionalGeneration`` (see :mod:`.convert_regionvlm`).
 

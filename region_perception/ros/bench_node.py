@@ -3,7 +3,7 @@
 The node runs as its own process (``region-perception-node`` with config/default.yaml),
 fed 640x480 frames at 30 Hz by the camera tool, on loopback in a domain of its own. The
 idle camera is measured twice, before any query and after queries were answered: a node
-whose executor falls into busy-spinning (issue #11) shows it as CPU near a whole core and
+whose executor falls into busy-spinning shows it as CPU near a whole core and
 frames received far below the published rate, in either window.
 """
 
@@ -29,7 +29,7 @@ from .processes import camera_command, node_command
 from .spin import make_executor, spin_in_background
 
 PUBLISHED_HZ = 30.0
-IDLE_S = 15.0  # each idle window: received_hz over at least this long (issue #11)
+IDLE_S = 15.0  # each idle window: received_hz over at least this long
 RECEIVED_SHARE = 0.95  # received_hz goal: this share of the published rate
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")

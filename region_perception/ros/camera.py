@@ -3,7 +3,7 @@
 With no source it publishes real photographs bundled with scikit-image (astronaut, coffee,
 cat, rocket), so a demo needs no camera and no download. ``--source synthetic`` publishes
 scenes of the synthetic shapes world instead, each with its ground truth as JSON on
-``<topic>/ground_truth`` (see :mod:`region_perception.synthetic_camera`).
+``<topic>/ground_truth`` (see :mod:`region_perception.datasets.synthetic_camera`).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """``sensor_msgs/Image`` and ``CompressedImage`` <-> numpy, honouring ``step`` padding.
 
-Reading (message -> numpy) is :mod:`region_perception.image_decoding`, re-exported here;
+Reading (message -> numpy) is :mod:`region_perception.service.image_decoding`, re-exported here;
 this module adds the builders (numpy -> message).
 """
 

@@ -22,8 +22,8 @@ from rclpy.utilities import remove_ros_args
 from region_perception.msg import Region, RegionQuery, RegionResult
 from region_perception.srv import QueryRegions
 
-from ..cli.common import CliError, box_from_text, parse_points
 from ..common.status import Status
+from ..geometry.region_parsing import RegionParseError, box_from_text, parse_points
 from .image_conversion import array_to_image_msg
 from .msg_dict import msg_to_dict
 from .script_runner import client_node, script_main
@@ -34,6 +34,10 @@ TASKS = {
     "refer": RegionQuery.REFER,
     "ask": RegionQuery.ASK,
 }
+
+
+class UsageError(ValueError):
+    """Bad command-line input to the query tool: one line, exit status 2."""
 
 
 def build_query(args: argparse.Namespace) -> RegionQuery:
@@ -50,7 +54,7 @@ def build_query(args: argparse.Namespace) -> RegionQuery:
     for path in args.mask or []:
         mask = cv2.imread(path, cv2.IMREAD_GRAYSCALE)
         if mask is None:
-            raise CliError(f"--mask {path!r}: not an image OpenCV can read")
+            raise UsageError(f"--mask {path!r}: not an image OpenCV can read")
         q.regions.append(Region(kind=Region.MASK, mask=array_to_image_msg((mask > 0).astype(np.uint8) * 255, "mono8")))
     q.text = args.text or ""
     q.labels = [v.strip() for v in args.labels.split(",")] if args.labels else []
@@ -141,9 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         return script_main(args, argv, summarize)
     try:
         if args.task is None:
-            raise CliError("give a task (caption | classify | refer | ask) or --script queries.yaml")
+            raise UsageError("give a task (caption | classify | refer | ask) or --script queries.yaml")
         query = build_query(args)
-    except (CliError, KeyError) as exc:
+    except (UsageError, RegionParseError, KeyError) as exc:
         print(f"region-perception-query: error: {exc}", file=sys.stderr)
         return 2
     with client_node(argv) as node:

@@ -6,7 +6,7 @@ measured on the rclpy we ship (Kilted 9.1.2) and rejected:
 
 - ``MultiThreadedExecutor`` re-submits tasks that are queued but not yet started, in a loop
   (rclpy issue 1452, fixed after 9.1.2): the node could fall into spinning a whole core
-  while its camera callbacks starved (issue #11);
+  while its camera callbacks starved;
 - ``rclpy.experimental.EventsExecutor`` polls a coroutine callback that awaits a future in
   a loop (about 1 s of CPU during a 3 s await, here), and a client call made from another
   thread while it spun never returned.

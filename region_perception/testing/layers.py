@@ -15,8 +15,8 @@ package to it. Standard library only. The questions, each a function a test can 
 - ``external_imports(root)``: module -> top-level names of what it imports from outside the
   package (for "rclpy only under ros/").
 
-- ``unresolved(root)``: imports of a ``region_perception`` module that does not exist (an old
-  path from before #23, which only the aliases of ``_aliases.py`` keep alive for users).
+- ``unresolved(root)``: imports of a ``region_perception`` module that does not exist (a moved
+  module's old path, a typo).
 
 Run as a script: ``python -m region_perception.testing.layers [PACKAGE_DIR]`` prints the
 cycles (module level, and with late imports added), each module's floor, the upward imports,
@@ -328,11 +328,11 @@ def floors(graph: Mapping[str, Iterable[str]]) -> dict[str, int]:
 
 P = "region_perception"
 
-# The layout (#23, docs/architecture.md): the folder is the floor. Longest prefix wins.
+# The layout (docs/architecture.md): the folder is the floor. Longest prefix wins.
 LAYERS: dict[str, int] = {
-    f"{P}": 0,  # the package __init__ (version, namespace path) and _aliases (old import paths)
+    f"{P}": 0,  # the package __init__ (version, namespace path)
     f"{P}.common": 0,  # timing, status codes, ros_env, feature_cache: no package imports at all
-    f"{P}.geometry": 1,  # regions, region_text, proposals, depth (pure numpy/cv2)
+    f"{P}.geometry": 1,  # regions, region_parsing, region_text, proposals, depth (pure numpy/cv2)
     f"{P}.datasets": 2,  # synthetic world, loaders, synthetic_camera
     f"{P}.models": 3,  # errors, hub, fetch, sources, registry, loading, backends, snap
     f"{P}.engine": 4,  # RegionEngine (__init__), results, config, batch, scoring, refer, conversation, vocabulary
@@ -340,13 +340,11 @@ LAYERS: dict[str, int] = {
     f"{P}.logs": 6,
     f"{P}.cost": 6,
     f"{P}.testing": 6,
-    f"{P}.cli.common": 7,  # CliError, region parsing, image reading, engine construction, printing
     f"{P}.evaluation": 8,
     f"{P}.training": 8,
     f"{P}.bench": 8,
-    f"{P}.cli": 9,  # cli/__init__ (lazy main), cli/commands, cli/__main__
-    f"{P}.ros": 9,  # entry points beside the CLI; the only rclpy importers
-    f"{P}._compat": 10,  # old-path re-exports for split modules: any package import of them is upward
+    f"{P}.ros": 9,  # the ROS entry points (node, camera, query tool, benches); the only rclpy importers
+    f"{P}.cli": 10,  # the command line, one module per command group; nothing else imports it
 }
 
 # The name the house plan used for the same table.
@@ -359,8 +357,8 @@ GENERATED = (f"{P}.msg", f"{P}.srv")
 def unresolved(package_root: Path, generated: Iterable[str] = GENERATED) -> list[tuple[str, int, str]]:
     """``(module, line, statement)`` for imports of a package module that does not exist.
 
-    An old path such as ``from ..regions import BoxRegion`` still runs (``_aliases.py``) but has
-    no file: package code must use the new paths."""
+    An old path such as ``from ..regions import BoxRegion`` fails only when that line runs (a late
+    import): this finds it without running anything."""
     files = module_files(package_root)
     base = Path(package_root).resolve().name
     generated = tuple(generated)

@@ -11,9 +11,9 @@ import time
 import rclpy
 from rclpy.node import Node
 
+from region_perception.common.ros_env import apply_local_ros_env
 from region_perception.msg import RegionQuery, RegionResult
 from region_perception.ros.msg_dict import msg_to_dict
-from region_perception.ros_env import apply_local_ros_env
 
 
 def main() -> int:

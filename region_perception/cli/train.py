@@ -11,7 +11,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..cli.common import CliError, print_summary
+from .common import CliError, print_summary
 
 
 def add_parser(sub) -> None:
@@ -56,7 +56,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from .trainer import TrainConfig, TrainError, train
+    from ..training.trainer import TrainConfig, TrainError, train
 
     try:
         sizes = json.loads(args.sizes) if args.sizes else {}

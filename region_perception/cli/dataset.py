@@ -29,7 +29,7 @@ def add_parser(sub) -> None:
 
 
 def run_synthetic(args: argparse.Namespace) -> int:
-    from .synthetic import generate
+    from ..datasets.synthetic import generate
 
     out = generate(args.out, images=args.images, size=args.size, seed=args.seed, val_fraction=args.val_fraction,
                    overwrite=args.overwrite)
@@ -40,7 +40,7 @@ def run_synthetic(args: argparse.Namespace) -> int:
 
 
 def run_info(args: argparse.Namespace) -> int:
-    from .loading import load_dataset
+    from ..datasets.loading import load_dataset
 
     ds = load_dataset(args.root, args.split, images=args.image_dir)
     summary = {

@@ -6,8 +6,8 @@ import argparse
 import os
 from pathlib import Path
 
-from ..cli.common import CliError, add_engine_arguments, engine_from_args, print_summary
-from .runner import TASKS
+from ..evaluation.runner import TASKS
+from .common import CliError, add_engine_arguments, engine_from_args, print_summary
 
 
 def add_parser(sub) -> None:
@@ -37,7 +37,7 @@ def add_parser(sub) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..datasets import load_dataset
-    from .runner import evaluate, summarize_file
+    from ..evaluation.runner import evaluate, summarize_file
 
     if args.limit is not None and args.limit < 1:
         raise CliError("--limit must be at least 1")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from . import LogError
+from ..logs import LogError
 
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "config" / "default.yaml"
 
@@ -41,10 +41,10 @@ def add_parser(sub: Any) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..logs.reader import LogReader
+    from ..logs.run_log import run_log
+    from ..logs.script import load_script
     from ..service.config_file import engine_values, load_parameters, read_vocabulary, vocabulary_display_name
-    from .reader import LogReader
-    from .run_log import run_log
-    from .script import load_script
 
     out_path = Path(args.out)
     for target in (out_path, Path(args.summary) if args.summary else None):
@@ -90,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     depth = None
     if depth_topic:
         from ..geometry.depth import DepthSettings
-        from .run_log import DepthFeed
+        from ..logs.run_log import DepthFeed
 
         settings = DepthSettings(
             scale=float(params.get("depth_scale", 0.001)),
