@@ -23,6 +23,7 @@ setup(
             "region-perception-query=region_perception.ros.query_tool:main",
             "region-perception-demo=region_perception.ros.demo:main",
             "region-perception-record=region_perception.ros.record:main",
+            "region-perception-view=region_perception.ros.live_view:main",
         ],
     },
 )
