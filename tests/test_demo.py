@@ -122,11 +122,13 @@ def test_refer_asks_about_an_object_the_node_can_propose(tmp_path):
     """The node drops proposals smaller than its filter's minimum: REFER targets a larger object."""
     from region_perception.geometry.proposals import ProposalFilter
 
-    assert proposal_min_area(TOY_PARAMS) == 0.01  # config/toy.yaml: small shapes on 128-px scenes
+    assert proposal_min_area(TOY_PARAMS) == 0.005  # toy-regionvlm's own: toy-sam proposals of small shapes
+    assert proposal_min_area(TOY_PARAMS, "toy-regiongpt") == 0.005
     assert proposal_min_area(TOY_PARAMS.parent / "default.yaml") == ProposalFilter().min_area_fraction
     params = tmp_path / "p.yaml"
-    params.write_text("region_perception:\n  ros__parameters:\n    proposal_filter:\n      min_area_fraction: 0.01\n")
-    assert proposal_min_area(params) == 0.01
+    params.write_text("region_perception:\n  ros__parameters:\n    model: toy-regionvlm\n    proposal_filter:\n"
+                      "      min_area_fraction: 0.01\n")
+    assert proposal_min_area(params) == 0.01  # the user's file wins over the model's own
     for index in range(10, 20):
         truth = ground_truth(1, index)
         refer = [q for q in questions_for(truth, index, 0.04) if q.kind == "refer"]

@@ -220,7 +220,7 @@ def test_the_native_route_scores_each_region_index_answer(engine, backend):
     embeds, mask = backend._prompt_embeds(feats, [prompt], [cues])
     for i in range(2):
         alone = backend._answer_loss(embeds, mask, [f" Region [{i}]"])
-        assert abs(float(alone[0]) - float(scores[i])) < 1e-5
+        assert abs(float(alone[0].detach()) - float(scores[i])) < 1e-5
 
 
 # -- loading -------------------------------------------------------------------------------------

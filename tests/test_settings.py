@@ -128,6 +128,15 @@ def test_the_trainers_final_evaluation_sets_only_how_to_load(tmp_path):
 # -- precedence -----------------------------------------------------------------------------------
 
 
+def test_the_models_sam_proposals_go_with_its_segmenter():
+    own = {"segmenter": "toy-sam", "proposals": "sam", "proposal_filter.min_area_fraction": 0.005}
+    config, sources = UserSettings(config={"segmenter": "none"}).resolve(own)
+    assert (config.segmenter, config.proposals, sources["proposals"]) == ("none", "superpixels", "default")
+    assert config.proposal_filter.min_area_fraction == 0.04  # the filter went with the model's proposals
+    config, _ = UserSettings().resolve(own)
+    assert (config.segmenter, config.proposals) == ("toy-sam", "sam")
+
+
 def test_each_level_overrides_the_ones_below():
     own = {"max_new_tokens": 7, "segmenter": "none", "proposal_filter.min_area_fraction": 0.01}
     config, sources = UserSettings().resolve(own)
@@ -192,7 +201,8 @@ def test_the_command_line_config_and_model_levels_through_real_loading(own_toy, 
 @pytest.mark.parametrize("name", TOY_MODELS)
 def test_a_shipped_toy_named_alone_loads_with_its_own_settings(name):
     engine = RegionEngine.load(UserSettings(command_line={"model": name, "device": "cpu"}))
-    assert not engine.weights_random and engine.segmenter is None
+    assert not engine.weights_random and engine.segmenter.name == "toy-sam"  # its own: the trained toy segmenter
+    assert engine.proposer is engine.segmenter
     own = model_own_settings(json.loads((toy_path(name) / "region_perception.json").read_text()), toy_path(name))
     for key, value in own.items():
         assert engine.settings[key] == {"value": value, "from": "model"}
@@ -264,7 +274,7 @@ def test_the_node_on_the_default_yaml_takes_a_toys_own_settings(tmp_path):
         assert result.status == 0, result.error
         assert result.outputs[0].label in ("circle", "square", "triangle", "star")  # the toy's own vocabulary
         lines = set(result.settings)
-        assert "proposal_filter.min_area_fraction=0.01 (model)" in lines, lines
+        assert "proposal_filter.min_area_fraction=0.005 (model)" in lines and "segmenter=toy-sam (model)" in lines
         assert "refer_draws=3 (config)" in lines and "model=toy-regiongpt (config)" in lines, lines
         assert not result.weights_random
         assert client.wait(lambda: "(model)" in client.diagnostic_values().get("settings", ""), timeout=60)
@@ -307,5 +317,5 @@ def test_eval_with_only_the_model_answers_with_the_trained_toy(tmp_path):
     assert out.returncode == 0, out.stderr
     summary = json.loads(out.stdout)
     assert summary["weights_random"] is False and summary["errors"] == 0
-    assert summary["settings"]["proposal_filter.min_area_fraction"]["from"] == "model"
+    assert summary["settings"]["segmenter"] == {"value": "toy-sam", "from": "model"}
     assert summary["accuracy"] >= 2 * summary["chance"]["accuracy"], summary  # 93 % on its card; chance 25

@@ -13,7 +13,8 @@ from .common import CliError, add_engine_arguments, engine_from_args, print_summ
 def add_parser(sub) -> None:
     """Register ``eval`` on the main parser's subcommands."""
     p = sub.add_parser("eval", help="answer quality: refer, comprehension, classify, caption (docs/evaluation.md)")
-    p.add_argument("task", choices=TASKS)
+    p.add_argument("task", choices=[*TASKS, "segment"],
+                   help="a task of the seeds' protocols; segment: a segmenter (--model names it, docs/segmenter.md)")
     p.add_argument("--dataset", required=True, help="dataset directory (synthetic, COCO, RefCOCO or Visual Genome)")
     p.add_argument("--split", default="val", help="split (val, train, testA, val2017 ...; default val)")
     p.add_argument("--images", dest="image_dir", help="image directory when not beside the annotations")
@@ -41,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise CliError("--limit must be at least 1")
+    if args.task == "segment":
+        return run_segment(args)
     dataset = load_dataset(args.dataset, args.split, images=args.image_dir, refs_file=args.refs_file)
     if args.merge_shards:
         if not args.out:
@@ -56,5 +59,32 @@ def run(args: argparse.Namespace) -> int:
             vocabulary_name=args.vocabulary_name, candidates=args.candidates, meteor=args.meteor,
             route="", seed=engine.config.seed if engine else (args.seed or 0),
         )
+    print_summary(summary, args.json)
+    return 0
+
+
+def run_segment(args: argparse.Namespace) -> int:
+    """``eval segment --model SEGMENTER``: one-click and box mIoU, NoC@85/90, the proposals' upper bound, each
+    beside its baseline (the disk at a click, the box as the mask, superpixels)."""
+    import torch
+
+    from ..common.feature_cache import FeatureCache
+    from ..datasets import load_dataset
+    from ..evaluation.segment import evaluate_segmenter
+    from ..models.loading import load_segmenter, resolve_device
+
+    name = args.model or args.segmenter
+    if not name or name == "none":
+        raise CliError("eval segment: name the segmenter with --model (toy-sam, a SAM directory, vit_b:/path.pth, "
+                       "or an HF id with --segmenter-backend hf-sam)")
+    dataset = load_dataset(args.dataset, args.split, images=args.image_dir, refs_file=args.refs_file)
+    device = resolve_device(args.device or "auto")
+    with torch.inference_mode():
+        segmenter = load_segmenter(name, args.segmenter_backend or "sam", FeatureCache(4), device,
+                                   revision=args.segmenter_revision or args.model_revision or "")
+        summary = evaluate_segmenter(segmenter, dataset, limit=args.limit, progress=args.progress,
+                                     seed=args.seed or 0)
+    summary = {"task": "segment", "segmenter": name, "weights_random": bool(segmenter.weights_random),
+               "dataset": {"root": str(dataset.root), "split": dataset.split}, **summary}
     print_summary(summary, args.json)
     return 0

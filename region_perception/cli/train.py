@@ -43,10 +43,12 @@ def add_parser(sub) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT")
     p.add_argument("--device", default="auto", help="auto (CUDA when present) or cpu")
     p.add_argument("--sizes", help='toy bases: size overrides as JSON, e.g. \'{"lm_layers": 3}\'')
-    p.add_argument("--stage", choices=("vision", "region"), default="region",
+    p.add_argument("--stage", choices=("vision", "region", "segmenter"), default="region",
                    help="region (stage 1, default): the region pathway with the backend's recipe; vision (stage "
                         "0): pre-train the vision tower on dense per-cell and mask-pooled labels (COCO masks and "
-                        "their attributes); a stage-1 run on its output then freezes the tower")
+                        "their attributes); a stage-1 run on its output then freezes the tower; segmenter: train "
+                        "segment-anything's Sam (the toy size, from scratch) on the data's masks with point, "
+                        "multi-point and box prompts (--model names the result, e.g. toy-sam; docs/segmenter.md)")
     p.add_argument("--settings", help="engine settings stored with the model as its own and used by its final "
                                       "evaluation, JSON, e.g. '{\"proposal_filter.min_area_fraction\": 0.01}' "
                                       "(the data's categories are always stored as its default vocabulary)")
@@ -76,6 +78,8 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--settings: {exc}") from None
     if args.eval_limit is not None and args.eval_limit < 0:
         raise CliError("--eval-limit must be 0 or more")
+    if args.stage == "segmenter":
+        return _run_segmenter(args)
     cfg = TrainConfig(
         model=args.model, data=args.data, tasks=args.tasks.split(","), out=Path(args.out),
         train=[g.strip() for g in args.train.split(",") if g.strip()] if args.train else None,
@@ -91,6 +95,33 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(str(exc)) from None
     from ..evaluation import rank_world
 
+    if rank_world()[0] != 0:
+        return 0
+    print_summary(summary, args.json)
+    return 0
+
+
+def _run_segmenter(args: argparse.Namespace) -> int:
+    """``train --stage segmenter``: the same loop (progress, checkpoints, --resume, torchrun) for a Sam."""
+    from ..evaluation import rank_world
+    from ..training.segmenter import SegmenterTrainConfig, train_segmenter
+    from ..training.trainer import TrainError
+
+    if args.tasks != "caption,classify,refer" or args.train or args.settings or args.sizes:
+        raise CliError("--stage segmenter takes no --tasks, --train, --settings or --sizes")
+    extra = {"steps": args.steps} if args.steps else {}
+    if args.epochs:
+        raise CliError("--stage segmenter counts --steps, not --epochs")
+    cfg = SegmenterTrainConfig(
+        data=args.data, out=Path(args.out), model=args.model, batch_size=args.batch_size, lr=args.lr,
+        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed, resume=args.resume,
+        overwrite=args.overwrite, split=args.split, val_split=args.val_split, eval_limit=args.eval_limit,
+        save_every=args.save_every, device=args.device, progress=args.progress, **extra,
+    )
+    try:
+        summary = train_segmenter(cfg)
+    except TrainError as exc:
+        raise CliError(str(exc)) from None
     if rank_world()[0] != 0:
         return 0
     print_summary(summary, args.json)

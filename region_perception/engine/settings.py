@@ -133,6 +133,13 @@ class UserSettings:
                              (COMMAND_LINE, self.command_line)):
             for key, value in layer.items():
                 values[key], sources[key] = value, level
+        if sources["proposals"] == MODEL and values["proposals"] == "sam" and values["segmenter"] in ("", "none"):
+            # the model's SAM proposals need its segmenter, which the user turned off: the default proposals then,
+            # with the default filter unless the user set one (the model's filter was tuned for its own proposals)
+            defaults = package_defaults()
+            for key in ("proposals", *(k for k in defaults if k.startswith("proposal_filter."))):
+                if sources[key] == MODEL:
+                    values[key], sources[key] = defaults[key], DEFAULT
         return to_config(values), sources
 
 

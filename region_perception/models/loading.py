@@ -25,7 +25,16 @@ import torch
 from . import sam
 from .backend import wrapping
 from .errors import loud_notice
-from .registry import DEFAULT_SNAP_MODEL, MODELS, TINY_MODELS, TINY_SAM, kind_of, offline_fallback, snap_hub_name
+from .registry import (
+    DEFAULT_SNAP_MODEL,
+    MODELS,
+    TINY_MODELS,
+    TINY_SAM,
+    TOY_SAM,
+    kind_of,
+    offline_fallback,
+    snap_hub_name,
+)
 from .sources import (
     ModelLoadError,
     ResolvedSource,
@@ -43,7 +52,7 @@ from .tiny import (
     cache_dir,
     is_current_tiny,
 )
-from .toy import toy_path
+from .toy import TOY_DIR, toy_path
 
 log = logging.getLogger("region_perception")
 
@@ -200,6 +209,8 @@ def _resolve_segmenter(spec: str, backend: str, revision: str) -> ResolvedSource
         return ResolvedSource(source, "hub" if is_hub_id(spec) else "local", "hf-sam")
     if spec == TINY_SAM:
         source, kind = Source("segmenter", spec, str(tiny_path(TINY_SAM)), on_hub=False), "tiny"
+    elif spec == TOY_SAM:
+        source, kind = Source("segmenter", spec, str(_toy_segmenter_directory()), on_hub=False), "toy"
     elif is_hub_id(spec):  # a hub repository holding a SAM directory (config.json + model.safetensors)
         source, kind = locate("segmenter", spec, [], revision=revision), "hub"
     else:
@@ -207,6 +218,15 @@ def _resolve_segmenter(spec: str, backend: str, revision: str) -> ResolvedSource
     if revision and not source.commit:
         raise ModelLoadError("unknown_revision", "segmenter", spec, f"revision {revision!r} given for a local SAM")
     return ResolvedSource(source, kind, "sam")
+
+
+def _toy_segmenter_directory() -> Path:
+    """The packaged toy segmenter; never built on the fly (that would be untrained weights)."""
+    path = TOY_DIR / TOY_SAM
+    if not (path / "config.json").is_file() or (path / RANDOM_WEIGHTS_MARKER).exists():
+        raise ModelLoadError("not_found_local", "segmenter", TOY_SAM,
+                             f"{path} holds no trained weights: run `make train-toy` to train them")
+    return path
 
 
 def _resolve_snap(name: str, revision: str) -> ResolvedSource:
@@ -292,7 +312,8 @@ def load_region_model(
 def load_segmenter(spec: str, backend: str, cache, device: torch.device, revision: str = ""):
     """SAM by spec for ``backend`` ``sam`` (segment-anything) or ``hf-sam`` (transformers).
 
-    ``sam``: ``tiny-sam``, ``vit_b:/path/sam_vit_b_01ec64.pth``, a tiny-SAM directory or a hub
+    ``sam``: ``tiny-sam`` (random), ``toy-sam`` (trained on the synthetic shapes),
+    ``vit_b:/path/sam_vit_b_01ec64.pth``, a tiny-SAM directory or a hub
     repository laid out as one. ``hf-sam``: a Hugging Face id (``facebook/sam-vit-base``) or a
     saved directory. ``revision`` pins a hub id; the segmenter's ``commit`` says what loaded.
     A segmenter that cannot be loaded raises ModelLoadError (no fallback: the user named it).

@@ -160,6 +160,9 @@ MODELS: dict[str, ModelSpec] = {
 DEFAULT_MODEL = "florence-community/Florence-2-base"
 TINY_MODELS = {"tiny-regionvlm", "tiny-florence2", "bench-regionvlm", "tiny-regiongpt"}
 TINY_SAM = "tiny-sam"
+# the toy segmenter: segment-anything's Sam trained on the synthetic shapes (`make train-toy`), shipped in
+# region_perception/data/toy/toy-sam
+TOY_SAM = "toy-sam"
 # the one table of toy models: name -> backend (``models.toy`` re-exports it)
 TOY_MODELS: dict[str, str] = {spec.name: spec.backend for spec in TOY_MODEL_SPECS}
 
@@ -185,7 +188,7 @@ def kind_of(name: str, what: str = "model") -> str:
         name = snap_hub_name(name)
     elif name in TINY_MODELS or (what == "segmenter" and name == TINY_SAM):
         return "tiny"
-    elif name in TOY_MODELS:
+    elif name in TOY_MODELS or name == TOY_SAM:
         return "toy"
     elif name in MODELS and MODELS[name].source != "Hugging Face":
         return "not_downloadable"

@@ -33,7 +33,13 @@ class Segmenter(Protocol):
     weights_random: bool
 
     def segment(
-        self, image_key: str, image: np.ndarray, *, box: np.ndarray | None = None, points: np.ndarray | None = None
+        self,
+        image_key: str,
+        image: np.ndarray,
+        *,
+        box: np.ndarray | None = None,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
     ) -> np.ndarray: ...
 
     def propose(self, image_key: str, image: np.ndarray) -> Proposals: ...
@@ -56,35 +62,80 @@ TINY_SAM_CONFIG = {
 }
 
 
+class SamConvStem(torch.nn.Module):
+    """:class:`~.conv_stem.ConvStem` in the place of segment-anything's ``PatchEmbed``.
+
+    Why: a 16-pixel patch embedding must learn an outline inside one cell wherever the shape sits in
+    it, which a toy encoder trained in minutes does not; stride-2 convolutions do. ``PatchEmbed``
+    returns ``(B, H, W, C)``, hence the permute.
+    """
+
+    def __init__(self, embed_dim: int, widths: tuple[int, ...]) -> None:
+        super().__init__()
+        from .conv_stem import ConvStem
+
+        self.stem = ConvStem(embed_dim, widths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.stem(x).permute(0, 2, 3, 1)
+
+
+def stem_widths(cfg: dict[str, Any]) -> tuple[int, ...] | None:
+    """The conv stem's widths (``conv_stem``: true = four, a list = its widths), None for a patch conv;
+    ValueError when the stem's stride is not the config's ``patch_size``."""
+    spec = cfg.get("conv_stem")
+    if not spec:
+        return None
+    widths = tuple(int(w) for w in spec) if isinstance(spec, (list, tuple)) else (32, 64, 96, 128)
+    patch = int(cfg.get("patch_size", 16))
+    if 2 ** len(widths) != patch:
+        raise ValueError(f"conv_stem {list(widths)} downsamples {2 ** len(widths)}x, patch_size is {patch}")
+    return widths
+
+
 def build_sam_from_config(cfg: dict[str, Any]):
-    """A ``segment_anything`` Sam of any size, from a small JSON config."""
+    """A ``segment_anything`` Sam of any size, from a small JSON config.
+
+    Optional keys (absent in older configs, which then build as before): ``patch_size`` (the
+    encoder's stride, 16) and ``conv_stem`` (true or a list of widths, one stride-2 convolution each,
+    in place of the patch embedding).
+    """
     from functools import partial
 
     from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 
     img, dim = cfg["img_size"], cfg["prompt_embed_dim"]
+    patch = int(cfg.get("patch_size", 16))
+    widths = stem_widths(cfg)
+    encoder = ImageEncoderViT(
+        depth=cfg["encoder_depth"],
+        embed_dim=cfg["encoder_embed_dim"],
+        img_size=img,
+        mlp_ratio=cfg.get("encoder_mlp_ratio", 4),
+        norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+        num_heads=cfg["encoder_num_heads"],
+        patch_size=patch,
+        qkv_bias=True,
+        use_rel_pos=True,
+        global_attn_indexes=tuple(cfg["global_attn_indexes"]),
+        window_size=cfg["window_size"],
+        out_chans=dim,
+    )
+    if widths is not None:
+        encoder.patch_embed = SamConvStem(cfg["encoder_embed_dim"], widths)
     return Sam(
-        image_encoder=ImageEncoderViT(
-            depth=cfg["encoder_depth"],
-            embed_dim=cfg["encoder_embed_dim"],
-            img_size=img,
-            mlp_ratio=4,
-            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
-            num_heads=cfg["encoder_num_heads"],
-            patch_size=16,
-            qkv_bias=True,
-            use_rel_pos=True,
-            global_attn_indexes=tuple(cfg["global_attn_indexes"]),
-            window_size=cfg["window_size"],
-            out_chans=dim,
-        ),
+        image_encoder=encoder,
         prompt_encoder=PromptEncoder(
-            embed_dim=dim, image_embedding_size=(img // 16, img // 16), input_image_size=(img, img), mask_in_chans=16
+            embed_dim=dim,
+            image_embedding_size=(img // patch, img // patch),
+            input_image_size=(img, img),
+            mask_in_chans=16,
         ),
         mask_decoder=MaskDecoder(
             num_multimask_outputs=3,
             transformer=TwoWayTransformer(
-                depth=2, embedding_dim=dim, mlp_dim=cfg["decoder_mlp_dim"], num_heads=cfg["decoder_heads"]
+                depth=cfg.get("decoder_depth", 2), embedding_dim=dim, mlp_dim=cfg["decoder_mlp_dim"],
+                num_heads=cfg["decoder_heads"]
             ),
             transformer_dim=dim,
             iou_head_depth=3,
@@ -214,12 +265,26 @@ class SegmentAnythingSegmenter:
 
     @torch.inference_mode()
     def segment(
-        self, image_key: str, image: np.ndarray, *, box: np.ndarray | None = None, points: np.ndarray | None = None
+        self,
+        image_key: str,
+        image: np.ndarray,
+        *,
+        box: np.ndarray | None = None,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
     ) -> np.ndarray:
+        """The mask of a box and/or clicks (``labels``: 1 inside, 0 outside; all inside by default).
+
+        One click alone is ambiguous (a part or the whole): the best of SAM's three masks by its
+        own quality score. Several prompts are not, and SAM's single-mask output answers them.
+        """
         self._set(image_key, image)
-        labels = None if points is None else np.ones(len(points), dtype=np.int64)
+        if points is not None:
+            points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+            labels = np.ones(len(points), dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+        single_click = box is None and points is not None and len(points) == 1
         masks, scores, _ = self.predictor.predict(
-            point_coords=points, point_labels=labels, box=box, multimask_output=True
+            point_coords=points, point_labels=labels, box=box, multimask_output=single_click
         )
         return masks[int(np.argmax(scores))].astype(bool)
 
@@ -282,14 +347,23 @@ class TransformersSamSegmenter:
         return masks.numpy().astype(bool), out.iou_scores.cpu().numpy()[0]
 
     def segment(
-        self, image_key: str, image: np.ndarray, *, box: np.ndarray | None = None, points: np.ndarray | None = None
+        self,
+        image_key: str,
+        image: np.ndarray,
+        *,
+        box: np.ndarray | None = None,
+        points: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
     ) -> np.ndarray:
+        """As :meth:`SegmentAnythingSegmenter.segment` (``labels``: 1 inside, 0 outside)."""
         prompts: dict[str, Any] = {}
         if box is not None:
             prompts["input_boxes"] = [[[float(v) for v in box]]]
         if points is not None:
+            points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+            flags = [1] * len(points) if labels is None else [int(v) for v in labels]
             prompts["input_points"] = [[[[float(x), float(y)] for x, y in points]]]
-            prompts["input_labels"] = [[[1] * len(points)]]
+            prompts["input_labels"] = [[flags]]
         masks, scores = self._masks(image_key, image, **prompts)
         return masks[0, int(np.argmax(scores[0]))]
 

@@ -156,13 +156,22 @@ class Question:
     spec: dict  # make_query's region / text
 
 
-def proposal_min_area(params: Path) -> float:
-    """The smallest REFER proposal (fraction of the image) the node keeps with these parameters."""
-    from ..geometry.proposals import ProposalFilter
+def proposal_min_area(params: Path, model: str = "") -> float:
+    """The smallest REFER proposal (fraction of the image) the node keeps, resolved as the node resolves it: the
+    parameters file's, else the model's own (a toy or a local directory), else the package default."""
+    from ..engine.settings import UserSettings, model_own_settings
+    from ..models.loading import resolve
+    from ..models.registry import kind_of
     from ..service.config_file import engine_values, load_parameters
 
-    rules = engine_values(load_parameters(params)).get("proposal_filter") or {}
-    return float(rules.get("min_area_fraction", ProposalFilter().min_area_fraction))
+    user = UserSettings(command_line={"model": model} if model else {},
+                        config=engine_values(load_parameters(params)))
+    name = user.loading_config().model
+    own = {}
+    if kind_of(name) in ("toy", "local"):  # never a hub request for this
+        resolved = resolve(name)
+        own = model_own_settings(resolved.meta, resolved.local)
+    return float(user.resolve(own)[0].proposal_filter.min_area_fraction)
 
 
 def questions_for(truth: dict, round_no: int, min_area_fraction: float = 0.04) -> list[Question]:
@@ -584,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
         session.spin_until(lambda: session.receiving_since is not None, 60.0, "camera frames at the node")
         if plan.mode == "toy":
             answered, asked, _, _ = run_toy(session, args.first_scene, args.scenes, model_label,
-                                            proposal_min_area(plan.params), depth=depth)
+                                            proposal_min_area(plan.params, plan.model), depth=depth)
         else:
             answered, asked = run_photos(session)
         status = 0 if answered == asked else 1
