@@ -182,3 +182,23 @@ def test_the_interactive_protocol_on_a_square():
     assert needed == {85: 2, 90: 2} and ious == [0.5, 1.0]
     needed, _ = clicks_to_reach(lambda p, lab: half, gt, max_clicks=3)
     assert needed == {85: 3, 90: 3}  # never reached: the maximum counts
+
+
+def test_the_command_line_trains_and_measures_a_segmenter(tmp_path, world, capsys):
+    """`train --stage segmenter` then `eval segment --model OUT`: a trained (not random) segmenter, its figures
+    beside the baselines; what the segmenter stage does not take is refused before anything is written."""
+    from region_perception.cli import main
+
+    out = tmp_path / "sam"
+    args = ["train", "--stage", "segmenter", "--model", "my-sam", "--data", str(world), "--out", str(out),
+            "--steps", "2", "--batch-size", "2", "--eval-limit", "0", "--device", "cpu", "--no-progress", "--json"]
+    assert main(args) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
+    assert main(["eval", "segment", "--dataset", str(world), "--model", str(out), "--limit", "2", "--json",
+                 "--no-progress"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["weights_random"] is False and summary["n"] > 0
+    assert set(summary["chance"]) >= {"one_click_mIoU", "box_mIoU", "proposal_upper_bound_mIoU"}
+    assert main([*args[:-1], "--out", str(tmp_path / "other"), "--settings", "{}"]) == 2
+    assert not (tmp_path / "other").exists()
+    assert main(["eval", "segment", "--dataset", str(world)]) == 2  # no segmenter named

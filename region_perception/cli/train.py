@@ -58,7 +58,7 @@ def add_parser(sub) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..training.trainer import TrainConfig, TrainError, train
+    from ..training.trainer import TrainConfig, train
 
     try:
         sizes = json.loads(args.sizes) if args.sizes else {}
@@ -89,23 +89,27 @@ def run(args: argparse.Namespace) -> int:
         save_every=args.save_every, device=args.device, sizes=sizes, progress=args.progress, stage=args.stage,
         settings=settings,
     )
+    return _train_and_print(train, cfg, args.json)
+
+
+def _train_and_print(train, cfg, as_json: bool) -> int:
+    """Run a stage; its summary on the main process only (torchrun's other ranks print nothing)."""
+    from ..evaluation import rank_world
+    from ..training.trainer import TrainError
+
     try:
         summary = train(cfg)
     except TrainError as exc:
         raise CliError(str(exc)) from None
-    from ..evaluation import rank_world
-
     if rank_world()[0] != 0:
         return 0
-    print_summary(summary, args.json)
+    print_summary(summary, as_json)
     return 0
 
 
 def _run_segmenter(args: argparse.Namespace) -> int:
     """``train --stage segmenter``: the same loop (progress, checkpoints, --resume, torchrun) for a Sam."""
-    from ..evaluation import rank_world
     from ..training.segmenter import SegmenterTrainConfig, train_segmenter
-    from ..training.trainer import TrainError
 
     if args.tasks != "caption,classify,refer" or args.train or args.settings or args.sizes:
         raise CliError("--stage segmenter takes no --tasks, --train, --settings or --sizes")
@@ -118,11 +122,4 @@ def _run_segmenter(args: argparse.Namespace) -> int:
         overwrite=args.overwrite, split=args.split, val_split=args.val_split, eval_limit=args.eval_limit,
         save_every=args.save_every, device=args.device, progress=args.progress, **extra,
     )
-    try:
-        summary = train_segmenter(cfg)
-    except TrainError as exc:
-        raise CliError(str(exc)) from None
-    if rank_world()[0] != 0:
-        return 0
-    print_summary(summary, args.json)
-    return 0
+    return _train_and_print(train_segmenter, cfg, args.json)
