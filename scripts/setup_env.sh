@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One set-up path for everything (make test, make demo, make bench, .ci/run):
 # creates .venv, installs ROS 2 (Kilted) from PyPI wheels, CPU-usable torch, the model
-# libraries, and builds this package's msg/srv into the venv, which is the ROS prefix.
+# libraries, and builds this package's msg/srv/action into the venv, which is the ROS prefix.
 # Idempotent: each step is skipped when its stamp matches the inputs it depends on.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -78,9 +78,9 @@ else PIP --no-deps --config-settings editable_mode=compat -e .; stamp_set pkg "$
 # __init__.py. Removing that file makes the directory a plain portion of the package,
 # which region_perception/__init__.py (the source tree's, found through the editable
 # install) adds to its __path__: code and generated interfaces import as one package.
-h=$(inputs_hash CMakeLists.txt package.xml msg/*.msg srv/*.srv setup.py)
+h=$(inputs_hash CMakeLists.txt package.xml msg/*.msg srv/*.srv action/*.action setup.py)
 step_start "build msg/srv into venv"
-if stamp_ok interfaces "$h" && "$PY" -c "import region_perception.msg, region_perception.cli" 2>/dev/null; then step_end "skipped (up to date)"
+if stamp_ok interfaces "$h" && "$PY" -c "import region_perception.msg, region_perception.action, region_perception.cli" 2>/dev/null; then step_end "skipped (up to date)"
 else
   build=$here/build/interfaces; rm -rf "$build"; mkdir -p "$build"
   ( cd "$build" && AMENT_PREFIX_PATH=$VENV cmake "$here" -DCMAKE_PREFIX_PATH="$VENV" \
@@ -89,7 +89,8 @@ else
       && make install > install.log 2>&1 ) || { echo "FAILED, see $build/*.log"; tail -30 "$build"/*.log; exit 1; }
   site=$("$PY" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   rm -f "$site/region_perception/__init__.py"
-  "$PY" -c "import region_perception.msg, region_perception.cli" || { echo "FAILED: interfaces do not import"; exit 1; }
+  "$PY" -c "import region_perception.msg, region_perception.action, region_perception.cli" \
+    || { echo "FAILED: interfaces do not import"; exit 1; }
   stamp_set interfaces "$h"; step_end "built"
 fi
 

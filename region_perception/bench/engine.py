@@ -235,7 +235,30 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "cuda": str(torch.cuda.is_available()),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": commit(),
+        "load_avg_1min": f"{os.getloadavg()[0]:.2f}",
     }
+
+
+def commit() -> str:
+    """The code measured: ``git rev-parse --short HEAD``, and "+ uncommitted changes" when the tree is dirty.
+
+    A page of figures is only true of the code it names; "unknown" outside a git checkout.
+    """
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True).stdout
+
+    try:
+        head = git("rev-parse", "--short", "HEAD").strip()
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no").strip())
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return f"{head} + uncommitted changes" if dirty else head
 
 
 def to_markdown(report: dict[str, Any]) -> str:
@@ -248,11 +271,15 @@ def to_markdown(report: dict[str, Any]) -> str:
         "weights: weights do not change compute. Ratios are what this CPU shows; absolute times only mean",
         "something on the target GPU. A goal that is missed is reported as missed.",
         "",
+        f"- commit: {m.get('commit', 'unknown')}",
         f"- machine: {m['cpu']}, {m['cores']} cores, CUDA available: {m['cuda']}",
         f"- torch {m['torch']}, Python {m['python']}",
         f"- date: {m['date']}; whole run: {report['seconds']} s",
+        f"- load average (1 min) at the start: {m.get('load_avg_1min', '?')}: a shared machine's figures are noisy,"
+        " and its absolute times are upper bounds",
         "",
     ]
+    shown: list[list[str]] = []
     for section in report["engine"] + report.get("node", []) + report.get("depth3d", []):
         title = section.get("title") or section["model"] + (" (engine)" if "load_s" in section else " (node)")
         lines += [f"## {title}", "", "| figure | value | goal | met | details |", "|---|---|---|---|---|"]
@@ -261,5 +288,9 @@ def to_markdown(report: dict[str, Any]) -> str:
             detail = ", ".join(f"{k}={v}" for k, v in f["detail"].items() if not isinstance(v, (dict, list)))
             lines.append(f"| {f['name']} | {f['value']} {f['unit']} | {f['goal']} | {met} | {detail} |")
         lines.append("")
+        notes = section.get("notes", [])
+        if notes and notes not in shown:  # the same notes under several models: once, under the first
+            shown.append(notes)
+            lines += [*notes, ""]
     lines += report.get("notes", [])
     return "\n".join(lines) + "\n"

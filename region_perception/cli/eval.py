@@ -13,8 +13,9 @@ from .common import CliError, add_engine_arguments, engine_from_args, print_summ
 def add_parser(sub) -> None:
     """Register ``eval`` on the main parser's subcommands."""
     p = sub.add_parser("eval", help="answer quality: refer, comprehension, classify, caption (docs/evaluation.md)")
-    p.add_argument("task", choices=[*TASKS, "segment"],
-                   help="a task of the seeds' protocols; segment: a segmenter (--model names it, docs/segmenter.md)")
+    p.add_argument("task", choices=[*TASKS, "segment", "track"],
+                   help="a task of the seeds' protocols; segment: a segmenter (--model names it, docs/segmenter.md); "
+                        "track (docs/follow.md)")
     p.add_argument("--dataset", required=True, help="dataset directory (synthetic, COCO, RefCOCO or Visual Genome)")
     p.add_argument("--split", default="val", help="split (val, train, testA, val2017 ...; default val)")
     p.add_argument("--images", dest="image_dir", help="image directory when not beside the annotations")
@@ -30,6 +31,10 @@ def add_parser(sub) -> None:
     p.add_argument("--no-meteor", dest="meteor", action="store_false", help="caption: skip METEOR (Java)")
     p.add_argument("--merge-shards", dest="merge_shards", type=int, default=0, metavar="WORLD",
                    help="only merge --out's per-rank files of a WORLD-rank run and summarise them")
+    p.add_argument("--recheck-every", dest="recheck_every", type=int, default=10,
+                   help="track: frames between re-checks while following (default 10)")
+    p.add_argument("--methods", default="follow,flow,hold",
+                   help="track: methods to run, the first one's per-object rows are printed (default follow,flow,hold)")
     p.add_argument("--no-progress", dest="progress", action="store_false")
     p.add_argument("--json", action="store_true", help="the summary as one JSON object on stdout")
     add_engine_arguments(p)
@@ -42,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.limit is not None and args.limit < 1:
         raise CliError("--limit must be at least 1")
+    if args.task == "track":
+        return run_track(args)
     if args.task == "segment":
         return run_segment(args)
     dataset = load_dataset(args.dataset, args.split, images=args.image_dir, refs_file=args.refs_file)
@@ -86,5 +93,49 @@ def run_segment(args: argparse.Namespace) -> int:
                                      seed=args.seed or 0)
     summary = {"task": "segment", "segmenter": name, "weights_random": bool(segmenter.weights_random),
                "dataset": {"root": str(dataset.root), "split": dataset.split}, **summary}
+    print_summary(summary, args.json)
+    return 0
+
+
+def run_track(args: argparse.Namespace) -> int:
+    """``eval track``: follow each sequence's targets from their first mask, beside the baselines.
+
+    The re-check is the colour one; with ``--model`` the region-VLM confirms (its calls counted)."""
+    from ..datasets.synthetic_motion import is_motion_dataset, load_sequences
+    from ..evaluation.track import METHODS, evaluate_tracking
+    from ..tracking import TrackConfig
+
+    if not is_motion_dataset(args.dataset):
+        raise CliError(f"{args.dataset}: not a motion dataset (write one: region-perception dataset synthetic "
+                       "--sequences N --out DIR)")
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if not methods or any(m not in METHODS for m in methods):
+        raise CliError(f"--methods {args.methods!r}: expected a list of {', '.join(METHODS)}")
+    if args.recheck_every < 0:
+        raise CliError("--recheck-every must be >= 0")
+    segmenter = engine = None
+    if args.model:
+        engine = engine_from_args(args)
+        if engine.weights_random:
+            raise CliError(f"--model {args.model}: random weights cannot judge what is followed; give a trained one")
+        segmenter = engine.segmenter if args.segmenter and args.segmenter != "none" else None
+    elif args.segmenter and args.segmenter != "none":
+        import torch
+
+        from ..common.feature_cache import FeatureCache
+        from ..models.loading import load_segmenter
+
+        segmenter = load_segmenter(args.segmenter, args.segmenter_backend or "sam", FeatureCache(2),
+                                   torch.device(args.device if args.device not in (None, "auto") else "cpu"))
+    try:
+        sequences = load_sequences(args.dataset, args.limit)
+    except ValueError as exc:
+        raise CliError(str(exc)) from None
+    summary = evaluate_tracking(sequences, methods, segmenter=segmenter,
+                                config=TrackConfig(recheck_every=args.recheck_every), engine=engine)
+    if segmenter is not None:
+        summary["segmenter"] = getattr(segmenter, "name", args.segmenter)
+    if engine is not None:
+        summary["model"] = engine.model_label
     print_summary(summary, args.json)
     return 0

@@ -104,6 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="synthetic: the scene stream (default 1)")
     p.add_argument("--size", type=int, default=None, help="synthetic: image side in pixels (default 128)")
     p.add_argument("--start", type=int, default=0, help="synthetic: index of the first scene (default 0)")
+    p.add_argument("--motion", action="store_true",
+                   help="synthetic: moving objects (they cross, one passes behind another), sequence after sequence "
+                   "from --start, each frame with its truth")
     p.add_argument(
         "--rate", type=_rate, default=None, help="frames per second (default 2); a log: speed factor (default 1) or max"
     )
@@ -165,6 +168,9 @@ def publish_synthetic(args: argparse.Namespace, argv: list[str]) -> int:
     if args.start < 0 or args.count < 0:
         print("region-perception-camera: error: --start and --count must be >= 0", file=sys.stderr)
         return 2
+    if args.motion and size < 64:
+        print(f"region-perception-camera: error: --motion needs --size >= 64, got {size}", file=sys.stderr)
+        return 2
     if args.width or args.height:  # the ground truth is in the scene's pixels
         print("region-perception-camera: error: synthetic scenes are sized by --size, not --width/--height",
               file=sys.stderr)
@@ -185,20 +191,33 @@ def publish_synthetic(args: argparse.Namespace, argv: list[str]) -> int:
     period = 1.0 / rate if rate > 0 else 0.0
     count = 1 if args.once and not args.count else args.count
     index = args.start
+    stream = None
+    if args.motion:
+        from ..datasets.synthetic_motion import motion_stream, stream_truth
+
+        stream = motion_stream(seed, args.start, size=size)
+        index = args.start = 0  # --start names the first sequence; frames are counted from 0
     next_time = time.monotonic()
     with closed_at_exit(executor, node):
         while rclpy.ok() and not (count and index - args.start >= count):
-            frame, objects = synthetic_frame(seed, index, size)
+            if stream is not None:
+                seq, moving = next(stream)
+                frame, depth_m, truth = moving.image, moving.depth_m, stream_truth(seq, moving)
+            else:
+                frame, objects = synthetic_frame(seed, index, size)
+                depth_m, truth = None, None
             data = frame if args.encoding == "rgb8" else cv2.cvtColor(frame, cv2.COLOR_RGB2BGR)
             msg = array_to_image_msg(np.ascontiguousarray(data), args.encoding)
             msg.header.frame_id = args.frame_id
             msg.header.stamp = node.get_clock().now().to_msg()
             stamp_ns = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-            truth = ground_truth(seed, index, size, objects)
+            if truth is None:
+                truth = ground_truth(seed, index, size, objects)
+                depth_m = synthetic_depth_frame(objects, size) if depth_pub is not None else None
             truth_pub.publish(String(data=ground_truth_json(truth, stamp_ns, args.frame_id)))
             pub.publish(msg)
             if depth_pub is not None:
-                depth = depth_to_image_msg(metres_to_16uc1(synthetic_depth_frame(objects, size)), msg.header)
+                depth = depth_to_image_msg(metres_to_16uc1(depth_m), msg.header)
                 info.header = msg.header
                 depth_pub.publish(depth)
                 info_pub.publish(info)
@@ -228,6 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         return replay(args, argv)
     if args.source == SYNTHETIC:
         return publish_synthetic(args, argv)
+    if args.motion:
+        print("region-perception-camera: error: --motion is for --source synthetic", file=sys.stderr)
+        return 2
     if args.seed is not None or args.size is not None:
         print("region-perception-camera: error: --seed and --size are for --source synthetic", file=sys.stderr)
         return 2

@@ -13,6 +13,7 @@ from __future__ import annotations
 import itertools
 import math
 import sys
+import threading
 import time
 
 import numpy as np
@@ -40,8 +41,9 @@ from ..service.config_file import read_vocabulary, vocabulary_display_name
 from ..service.depth_source import DepthSource
 from ..service.frame_buffer import Frame, FrameBuffer
 from ..service.overlay import draw_overlay
-from ..service.query_processor import Outcome, QueryProcessor
+from ..service.query_processor import Outcome, QueryProcessor, QuerySpec
 from . import qos
+from .follow_server import FollowServer
 from .image_conversion import array_to_image_msg, compressed_msg_to_rgb, image_msg_to_rgb
 from .messages import result_msg, spec_from_query
 from .spin import Handoff, close_node, make_executor, serve_until_signalled, stop_requested_by_signals
@@ -90,7 +92,10 @@ NODE_PARAMETERS: dict[str, tuple[object, str]] = {
     "queue_size": (16, "queries waiting for the model; more are answered QUEUE_FULL"),
     "max_batch": (16, "queued queries on one frame answered by one engine call (1 = one at a time)"),
     "batch_window_ms": (0.0, "wait this long for more queries to batch (0 = batch only what is waiting)"),
-    "batch_settle_ms": (3.0, "an idle worker woken by a query waits this long at a time while more arrive (0 = off)"),
+    "batch_settle_ms": (
+        3.0, "a worker woken by a burst (another query already queued) waits this long at a time while more arrive "
+        "(0 = off; a lone query never waits)"
+    ),
     "default_timeout_s": (0.0, "deadline for queries without one (0 = none)"),
     "service_timeout_s": (120.0, "longest a ~/query call waits"),
     "use_overlay": (True, "publish ~/overlay (only computed while someone subscribes)"),
@@ -110,6 +115,7 @@ NODE_PARAMETERS: dict[str, tuple[object, str]] = {
     "depth_max_m": (10.0, "depth beyond this is invalid"),
     "depth_erode_px": (3, "the mask is eroded this many depth pixels before the median (edges leak background)"),
     "auto_activate": (True, "configure and activate at start"),
+    "warm_up": (True, "at activation, run each task once on a synthetic frame: a first answer is as fast as the next"),
     "diagnostics_period_s": (1.0, "how often /diagnostics is published"),
 }
 PARAMETERS: dict[str, tuple[object, str]] = {
@@ -155,6 +161,11 @@ class RegionPerceptionNode(LifecycleNode):
         self.overlays_drawn = 0  # diagnostics: overlays are drawn only while someone subscribes
         self.depth_source: DepthSource | None = None  # depth_topic set: 3D positions (see _configure_depth)
         self.depth_subs = []
+        self._warming = threading.Event()  # set while the loaded model warms up: queries are answered at once
+        self._warm_thread: threading.Thread | None = None
+        self._served = False  # an executor serves this node (a timer has fired): answers can go out while warming
+        self.warmup_ms: float | None = None  # the last warm-up's duration (diagnostics warmup_ms)
+        self.activate_ms: float | None = None  # the last activate transition's duration (diagnostics activate_ms)
 
     def p(self, name: str):
         """A parameter's value; one a model may bring and the user left unset: the loaded engine's, else the
@@ -216,6 +227,9 @@ class RegionPerceptionNode(LifecycleNode):
             RegionQuery, "region_queries", self._on_query, depth, callback_group=self._fast
         )
         self._configure_depth(image_qos)
+        # ~/follow: a region followed frame to frame (segmenter + optical flow, the model re-checking)
+        self.follow = FollowServer(self, self.frames, engine=lambda: self.engine if self._active else None,
+                                   depth_source=self.depth_source)
         self.query_srv = self.create_service(QueryRegions, "~/query", self._on_service, callback_group=self._slow)
         self.expiry_timer = self.create_timer(0.1, self._expire, callback_group=self._fast)
         self.diag_timer = self.create_timer(float(self.p("diagnostics_period_s")), self._publish_diagnostics)
@@ -268,19 +282,73 @@ class RegionPerceptionNode(LifecycleNode):
             self.get_logger().info("settings: " + ", ".join(source_lines(engine.settings)))
         self.processor.engine = self.engine
         self.processor.start()
+        self.warmup_ms = None
+        # a testing aid's model calls are what its test counts (every Nth fails) or holds: never warmed
+        testing_aid = engine.config.fault_every > 0 or engine.config.hold_model_s > 0
+        if self.p("warm_up") and not testing_aid:
+            self._start_warm_up(engine, labels, self.processor.vocabulary_name)
         self._active = True
         flag = " with RANDOM WEIGHTS (outputs are not predictions)" if self.engine.weights_random else ""
+        self.activate_ms = (time.monotonic() - started) * 1000.0
+        warmed = f", warmed up in {self.warmup_ms / 1000:.1f} s" if self.warmup_ms is not None else ""
         self.get_logger().info(
             f"active: model {self.engine.model.name} on {self.engine.model.device}{flag}, "
-            f"loaded in {time.monotonic() - started:.1f} s"
+            f"activated in {self.activate_ms / 1000:.1f} s{warmed}"
         )
         return super().on_activate(state)
+
+    def _start_warm_up(self, engine: RegionEngine, labels: list[str], vocabulary_name: str) -> None:
+        """Warm the model (see :meth:`RegionEngine.warm_up`) at the camera's size.
+
+        Where an executor already serves the node (activated through the lifecycle service), the
+        warm-up runs on a thread and queries meanwhile are answered at once, MODEL_ERROR "warming up",
+        instead of waiting. Otherwise (activation at start, before the node spins) nothing could be
+        answered during it anyway, so activate warms up before it returns and the first query
+        finds the model warm.
+        """
+        size = self._camera_size()
+        self._warming.set()
+
+        def run() -> None:
+            started = time.monotonic()
+            try:
+                spent = engine.warm_up(size, labels, vocabulary_name)
+                self.get_logger().info(
+                    f"warmed up at {size[1]}x{size[0]}: " + ", ".join(f"{k} {v:.0f} ms" for k, v in spent.items())
+                )
+            except Exception as exc:  # a warm-up that fails must not take the node down: the first query pays
+                if self.engine is engine:
+                    self.get_logger().warning(f"warm-up failed ({type(exc).__name__}: {exc}); serving cold")
+            finally:
+                if self.engine is engine:
+                    self.warmup_ms = (time.monotonic() - started) * 1000.0
+                    self._warming.clear()
+
+        if self._served:
+            self._warm_thread = threading.Thread(target=run, name="region-warm-up", daemon=True)
+            self._warm_thread.start()
+        else:
+            run()
+
+    def _camera_size(self) -> tuple[int, int]:
+        """(height, width) of the newest buffered frame; 480x640 when none has arrived (or it cannot be read)."""
+        frame = self.frames.latest() if self.frames is not None else None
+        if frame is not None:
+            h, w = getattr(frame.raw, "height", 0), getattr(frame.raw, "width", 0)
+            if h > 0 and w > 0:
+                return int(h), int(w)
+            try:  # a compressed frame: its size is known once decoded
+                return tuple(frame.image().shape[:2])
+            except Exception:
+                pass
+        return 480, 640
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._unload("the node was deactivated")
         return super().on_deactivate(state)
 
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
+        self.follow.destroy()
         self._unload("the node was cleaned up")
         for entity in (self.image_sub, self.query_sub, *self.depth_subs):
             self.destroy_subscription(entity)
@@ -292,11 +360,14 @@ class RegionPerceptionNode(LifecycleNode):
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
+        if getattr(self, "follow", None) is not None:
+            self.follow.stop_all(wait_results=False)
         self._unload("the node is shutting down")
         return TransitionCallbackReturn.SUCCESS
 
     def _unload(self, reason: str) -> None:
         self._active = False
+        self._warming.clear()  # a warm-up still running finishes on its own; this engine is no longer served
         if self.processor is not None:
             self.processor.stop(reason)
             self.processor.engine = None
@@ -333,30 +404,64 @@ class RegionPerceptionNode(LifecycleNode):
         self.depth_source.set_camera_info(msg.k, msg.width, msg.height, msg.header.frame_id)
 
     def _on_query(self, msg: RegionQuery) -> None:
-        self._submit(msg, None)
+        """One message from the executor, and those the subscription already holds: submitted as one group.
+
+        The executor hands over one message per callback; the rest of a burst is often already
+        received. Taken now, they reach the worker together (one engine call), and the worker
+        needs no wait to batch them (see QueryProcessor.submit_group).
+        """
+        msgs = [msg]
+        limit = self.processor.capacity if self.processor is not None else 1  # more would be QUEUE_FULL anyway
+        while len(msgs) < limit:
+            more = self._take_query()
+            if more is None:
+                break
+            msgs.append(more)
+        specs = [spec for spec in (self._spec(m, None) for m in msgs) if spec is not None]
+        if len(specs) == 1:
+            self.processor.submit(specs[0])
+        elif specs:
+            self.processor.submit_group(specs)
+
+    def _take_query(self) -> RegionQuery | None:
+        """A message the query subscription holds and has not delivered (None: none), taken as the executor does."""
+        sub = getattr(self, "query_sub", None)
+        if sub is None:
+            return None
+        try:
+            with sub.handle:
+                taken = sub.handle.take_message(sub.msg_type, sub.raw)
+        except Exception:  # destroyed meanwhile (cleanup), or a message that cannot be taken: the executor's turn
+            return None
+        return taken[0] if taken is not None else None
 
     def _submit(self, msg: RegionQuery, frame: Frame | None, on_done=None) -> None:
-        processor = self.processor
+        spec = self._spec(msg, frame, on_done)
+        if spec is not None:
+            self.processor.submit(spec)
+
+    def _spec(self, msg: RegionQuery, frame: Frame | None, on_done=None) -> QuerySpec | None:
+        """The query to submit, or None when it was answered here (malformed, inactive, warming up)."""
         try:
             spec = spec_from_query(msg)
         except RegionError as exc:
             outcome = Outcome(msg.query_id or "unnamed", msg.task, Status.INVALID_QUERY, str(exc))
             outcome.spec = None
             self._send(outcome, on_done, msg)
-            return
+            return None
         spec.frame = frame
         spec.context = (msg, on_done)
-        if not self._active:
-            outcome = Outcome(
-                spec.query_id or "unnamed",
-                spec.task,
-                Status.MODEL_ERROR,
-                f"the node is inactive: {self.load_error or 'activate it to load the model'}",
+        if not self._active or self._warming.is_set():
+            why = (
+                "the node is warming up the model (a few seconds after activation): retry shortly"
+                if self._active
+                else f"the node is inactive: {self.load_error or 'activate it to load the model'}"
             )
+            outcome = Outcome(spec.query_id or "unnamed", spec.task, Status.MODEL_ERROR, why)
             outcome.spec = spec
             self._send(outcome, on_done, msg)
-            return
-        processor.submit(spec)
+            return None
+        return spec
 
     async def _on_service(self, request: QueryRegions.Request, response: QueryRegions.Response):
         """Never blocks the executor: awaits a hand-off the inference worker completes."""
@@ -383,6 +488,7 @@ class RegionPerceptionNode(LifecycleNode):
         return response
 
     def _expire(self) -> None:
+        self._served = True  # an executor serves the node: a later activation can warm up in the background
         if self.processor is not None:
             self.processor.expire_overdue()
         now = time.monotonic()
@@ -506,6 +612,8 @@ class RegionPerceptionNode(LifecycleNode):
             status.level, status.message = DiagnosticStatus.ERROR, f"inactive: {self.load_error}"
         elif not self._active:
             status.level, status.message = DiagnosticStatus.WARN, "inactive: model not loaded"
+        elif self._warming.is_set():
+            status.level, status.message = DiagnosticStatus.WARN, "warming up: queries are answered MODEL_ERROR"
         elif proc.consecutive_model_errors >= 3:
             status.level = DiagnosticStatus.ERROR
             status.message = f"{proc.consecutive_model_errors} model errors in a row"
@@ -540,6 +648,9 @@ class RegionPerceptionNode(LifecycleNode):
             "segmenter": engine.segmenter.name if engine and engine.segmenter else "none",
             # the settings that are not the package defaults: "name=value (command line|config|model)"
             "settings": "; ".join(source_lines(engine.settings)) if engine else "",
+            # the last warm-up and activate transition ("" = none yet); activate includes a warm-up at start
+            "warmup_ms": "" if self.warmup_ms is None else round(self.warmup_ms, 1),
+            "activate_ms": "" if self.activate_ms is None else round(self.activate_ms, 1),
         }
         if self.depth_source is not None:
             values["depth_frames_received"] = self.depth_source.frames.received
@@ -567,6 +678,8 @@ def main(argv: list[str] | None = None) -> int:
     executor.add_node(node)
 
     def answer_pending() -> None:
+        if getattr(node, "follow", None) is not None:
+            node.follow.stop_all()  # the executor still spins: each goal's one result reaches its client
         node._unload("the node is shutting down")  # answers SHUTTING_DOWN to what is pending
         node.wait_for_service_answers(timeout_s=5.0)  # the executor sends those responses
         if getattr(node, "results_pub", None) is not None:

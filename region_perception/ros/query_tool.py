@@ -115,7 +115,8 @@ def send(
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="region-perception-query", description=__doc__.splitlines()[0])
-    p.add_argument("task", nargs="?", help="caption | classify | refer | ask (or a task number)")
+    p.add_argument("task", nargs="?", help="caption | classify | refer | ask (or a task number); "
+                   "follow: see 'follow --help'")
     p.add_argument("--script", help="queries.yaml: send its queries, print each result as a JSON line")
     p.add_argument("--out", help="--script: write the JSON lines to this new file instead of stdout")
     p.add_argument("--frames", type=int, default=0, help="--script: camera frames to follow for every-N queries")
@@ -138,9 +139,105 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def build_follow_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="region-perception-query follow",
+                                description="follow one object: its state, box and position on every frame")
+    p.add_argument("text", nargs="?", default="", help="a sentence naming the object (REFER finds it first)")
+    p.add_argument("--points", help='"x,y;x,y" pixels of the latest frame (instead of a sentence)')
+    p.add_argument("--box", help="x1,y1,x2,y2 pixels of the latest frame")
+    p.add_argument("--rate", type=float, default=5.0, help="followed frames per second (default 5)")
+    p.add_argument("--seconds", type=float, default=10.0, help="time limit (default 10; 0 = until Ctrl-C)")
+    p.add_argument("--recheck-every", dest="recheck_every", type=int, default=0,
+                   help="frames between the model's re-checks (0 = the node's default)")
+    p.add_argument("--lost-timeout", dest="lost_timeout", type=float, default=0.0,
+                   help="seconds out of sight before the follow ends LOST (0 = the node's default)")
+    p.add_argument("--node", default="/region_perception", help="the node's name")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server and the goal")
+    p.add_argument("--json", action="store_true", help="one JSON line per feedback, then the result")
+    return p
+
+
+def follow_goal(args: argparse.Namespace):
+    """The FollowRegion goal of the ``follow`` sub-command's arguments."""
+    from region_perception.action import FollowRegion
+
+    goal = FollowRegion.Goal(rate_hz=float(args.rate), time_limit_s=float(args.seconds),
+                             recheck_every=int(args.recheck_every), lost_timeout_s=float(args.lost_timeout))
+    goal.text = args.text or ""
+    if args.points:
+        goal.region = Region(kind=Region.POINTS, points=[Point32(x=x, y=y) for x, y in parse_points(args.points)])
+    elif args.box:
+        goal.region = Region(kind=Region.BOX, box=np.array(box_from_text(args.box), dtype=np.float32))
+    elif not goal.text:
+        raise UsageError("follow needs a sentence, --points or --box")
+    return goal
+
+
+def follow_main(argv: list[str], rest: list[str]) -> int:
+    """``region-perception-query follow "the red circle" --seconds 10``: print each followed frame."""
+    from rclpy.action import ActionClient
+
+    from region_perception.action import FollowRegion
+
+    args = build_follow_parser().parse_args(rest)
+    try:
+        goal = follow_goal(args)
+    except (UsageError, RegionParseError) as exc:
+        print(f"region-perception-query: error: {exc}", file=sys.stderr)
+        return 2
+    reasons = {FollowRegion.Result.CANCELLED: "cancelled", FollowRegion.Result.TIME_LIMIT: "time limit",
+               FollowRegion.Result.LOST: "lost", FollowRegion.Result.FAILED: "failed",
+               FollowRegion.Result.SHUTDOWN: "shutdown"}
+
+    def show(fb) -> None:
+        d = {"track_id": fb.track_id, "frame": fb.frame, "state": fb.state, "score": round(fb.score, 3),
+             "rechecked": fb.rechecked, "box": [fb.box.x_offset, fb.box.y_offset, fb.box.width, fb.box.height],
+             "stamp": fb.header.stamp.sec + fb.header.stamp.nanosec * 1e-9}
+        if fb.has_position:
+            d["position_m"] = [round(v, 3) for v in (fb.position.x, fb.position.y, fb.position.z)]
+        if args.json:
+            print(json.dumps(d), flush=True)
+        else:
+            where = f" at {d['position_m']} m" if "position_m" in d else ""
+            print(f"#{d['track_id']} frame {d['frame']}: {d['state']:<10} score {d['score']:.2f} box {d['box']}{where}",
+                  flush=True)
+
+    with client_node(argv) as node:
+        client = ActionClient(node, FollowRegion, f"{args.node}/follow")
+        if not client.wait_for_server(timeout_sec=args.timeout):
+            print(f"region-perception-query: error: no {args.node}/follow server within {args.timeout:g} s",
+                  file=sys.stderr)
+            return 1
+        fut = client.send_goal_async(goal, feedback_callback=lambda m: show(m.feedback))
+        rclpy.spin_until_future_complete(node, fut, timeout_sec=args.timeout)
+        handle = fut.result() if fut.done() else None
+        if handle is None or not handle.accepted:
+            print("region-perception-query: error: the follow goal was rejected (the node's log says why)",
+                  file=sys.stderr)
+            return 1
+        res_fut = handle.get_result_async()
+        try:
+            while not res_fut.done():
+                rclpy.spin_once(node, timeout_sec=0.1)
+        except KeyboardInterrupt:  # Ctrl-C: cancel, and still print the one result
+            handle.cancel_goal_async()
+            while not res_fut.done():
+                rclpy.spin_once(node, timeout_sec=0.1)
+        r = res_fut.result().result
+    summary = {"reason": reasons.get(r.reason, str(r.reason)), "message": r.message, "track_id": r.track_id,
+               "frames": r.frames, "rechecks": r.rechecks, "model_calls": r.model_calls,
+               "mean_score": round(r.mean_score, 3)}
+    print(json.dumps(summary) if args.json else f"ended: {summary['reason']} ({r.message}); {r.frames} frames, "
+          f"{r.rechecks} re-checks ({r.model_calls} by the model), mean score {r.mean_score:.2f}")
+    return 0 if r.reason in (FollowRegion.Result.TIME_LIMIT, FollowRegion.Result.CANCELLED) else 3
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv if argv is None else [sys.argv[0], *argv])
-    args = build_parser().parse_args(remove_ros_args(argv)[1:])
+    rest = remove_ros_args(argv)[1:]
+    if rest[:1] == ["follow"]:
+        return follow_main(argv, rest[1:])
+    args = build_parser().parse_args(rest)
     if args.script:  # a scripted list of queries (the run-log format)
         return script_main(args, argv, summarize)
     try:

@@ -6,6 +6,11 @@ they can be tested without a middleware. Callbacks never block on the model: ``s
 resolves the frame, refuses a query that could never succeed on it (INVALID_QUERY,
 BAD_IMAGE: at intake, however busy the worker is) and enqueues the rest; one worker
 thread runs the engine.
+
+Batching costs a lone query nothing: the worker waits for more queries (``batch_settle_ms``)
+only on evidence of a burst, another query already queued when it wakes. ``submit_group``
+enqueues the queries an adapter received together (the node drains its subscription) as
+one step, so a woken worker sees the whole group, never a part of it.
 """
 
 from __future__ import annotations
@@ -123,7 +128,8 @@ class QueryProcessor:
         self.engine = engine
         self.max_batch = max(1, int(max_batch))  # queries on one frame answered by one engine call
         self.batch_window_s = max(0.0, batch_window_ms) / 1000.0  # wait this long for more (0: none)
-        # an idle worker woken by a query waits while more keep arriving, this long at a time (0: never)
+        # a worker woken by a query that is not alone (a burst) waits while more keep arriving, this long
+        # at a time (0: never); a lone query never waits
         self.batch_settle_s = max(0.0, batch_settle_ms) / 1000.0
         self._sleep = time.sleep  # the settle's and the window's wait (a test replaces it to stage a burst)
         self.frames = frames
@@ -137,6 +143,8 @@ class QueryProcessor:
         self._awaiting: list[tuple[_Job, float]] = []
         self._awaiting_lock = threading.Lock()
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max(1, queue_size))
+        # held while a group is enqueued; a woken worker passes through it before it decides what to take
+        self._intake = threading.Lock()
         self._pending: dict[int, _Job] = {}
         self._in_flight: set[str] = set()  # query ids not answered yet (duplicates are refused)
         self._pending_lock = threading.Lock()
@@ -178,7 +186,22 @@ class QueryProcessor:
     def depth(self) -> int:
         return self._queue.qsize()
 
+    @property
+    def capacity(self) -> int:
+        """How many queries may wait for the model (``queue_size``)."""
+        return self._queue.maxsize
+
     # -- intake (called from ROS callbacks: never blocks) -------------------------------------
+    def submit_group(self, specs: list[QuerySpec]) -> None:
+        """Accept queries that arrived together, as :meth:`submit` does each.
+
+        The worker, woken by the first of them, decides what to take only once the whole group
+        is queued: a group is answered by as few engine calls as its frames and options allow.
+        """
+        with self._intake:
+            for spec in specs:
+                self.submit(spec)
+
     def submit(self, spec: QuerySpec) -> None:
         """Accept a query; its outcome is delivered later (or now, for immediate errors)."""
         if not spec.query_id:
@@ -358,7 +381,9 @@ class QueryProcessor:
             try:
                 job, woke = self._queue.get_nowait(), False  # the worker was busy: the queue had waited
             except queue.Empty:
-                job, woke = self._queue.get(), True  # the worker was idle: a burst may be arriving
+                job, woke = self._queue.get(), True  # the worker was idle: it decides below if a burst arrives
+            with self._intake:  # a group being submitted is queued whole before the worker looks at the queue
+                pass
             if job is None:
                 return
             live = [j for j in self._take_batch(job, woke=woke) if self._still_wanted(j)]
@@ -414,15 +439,17 @@ class QueryProcessor:
             outcome.result.notes.append(f"no 3D position: {type(exc).__name__}: {exc}")
 
     def _take_batch(self, first: _Job, *, woke: bool = False) -> list[_Job]:
-        """``first`` and the queued queries that can share its engine call (see :mod:`.batching`).
+        """``first`` and the queued queries that can share its engine call (see :mod:`..engine.batch`).
 
-        ``woke``: ``first`` woke an idle worker. The clients of a burst are delivered one
-        callback at a time, so the rest of the burst is still arriving: the worker settles
-        (see :meth:`_settle`) before it takes what is queued.
+        ``woke``: ``first`` woke an idle worker. If another query is already queued, a burst
+        is arriving (its clients' messages are received one callback, or one group, at a
+        time), so the worker settles (see :meth:`_settle`) before it takes what is queued. A
+        query alone is answered at once: batching must not tax the robot's single question.
+        A busy worker never settles: what waited for it is all there.
         """
         if self.max_batch <= 1 or not hasattr(self.engine, "run_batch") or first.spec.conversation_id:
             return [first]  # a conversation's turns run alone, in order, through engine.ask
-        if woke and self.batch_settle_s > 0:
+        if woke and self.batch_settle_s > 0 and self._queue.qsize() > 0:
             self._settle()
         if self.batch_window_s > 0 and self._queue.qsize() + 1 < self.max_batch:
             self._sleep(self.batch_window_s)  # the deployment chose to wait a little for more
@@ -448,8 +475,8 @@ class QueryProcessor:
 
     def _settle(self) -> None:
         """Wait ``batch_settle_ms`` at a time while queries keep arriving, until a step brings none
-        or a whole batch waits. A query alone waits one step; a burst whose queries arrive
-        closer together than a step is answered by one engine call."""
+        or a whole batch waits: a burst whose queries arrive closer together than a step is
+        answered by one engine call. Only called on evidence of a burst (see :meth:`_take_batch`)."""
         q = self._queue
         while not self._stopping:
             before = q.qsize()
