@@ -25,7 +25,6 @@ from region_perception.evaluation.segment import (
 )
 from region_perception.models.loading import load_segmenter
 from region_perception.models.sam import Proposals, build_sam_from_config, load_segment_anything
-from region_perception.models.toy import TOY_DIR
 from region_perception.training.segmenter import SegmenterTrainConfig, train_segmenter
 
 TINY_ARCH = {"img_size": 64, "patch_size": 8, "conv_stem": [8, 8, 8], "encoder_embed_dim": 16, "encoder_depth": 1,
@@ -41,7 +40,6 @@ def world(tmp_path_factory) -> Path:
 # ---------------------------------------------------------------- the packaged toy segmenter
 
 
-@pytest.mark.skipif(not (TOY_DIR / "toy-sam" / "model.safetensors").is_file(), reason="toy-sam is not packaged")
 def test_a_click_inside_an_object_gives_that_object():
     image, objects = syn.scene([("red", "circle", (40, 62), 16), ("blue", "square", (78, 66), 14)],
                                background="texture", seed=1)

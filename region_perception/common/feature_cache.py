@@ -57,6 +57,11 @@ class FeatureCache:
             self.put(frame_key, kind, value)
         return value
 
+    def forget(self, frame_key: str) -> None:
+        """Drop one frame's entries (a synthetic frame, such as the warm-up's, must not keep a slot)."""
+        with self._lock:
+            self._frames.pop(frame_key, None)
+
     def clear(self) -> None:
         with self._lock:
             self._frames.clear()

@@ -344,7 +344,7 @@ class RegionEngine:
                     out = run_items(self, image, [item], key)[0]
                 spent[task] = (time.perf_counter() - step) * 1000.0 if not isinstance(out, Exception) else -1.0
         finally:
-            _forget_frame(self.cache, key)
+            self.cache.forget(key)
             self.cache.hits, self.cache.misses = hits, misses
         spent["total"] = (time.perf_counter() - started) * 1000.0
         return {k: round(v, 1) for k, v in spent.items()}
@@ -370,7 +370,6 @@ class RegionEngine:
             torch.cuda.empty_cache()
 
 
-
 def _warm_up_frame(h: int, w: int) -> np.ndarray:
     """A synthetic camera frame: a shaded background and a few solid shapes (proposals find objects on it)."""
     yy, xx = np.mgrid[0:h, 0:w]
@@ -383,12 +382,3 @@ def _warm_up_frame(h: int, w: int) -> np.ndarray:
     ):
         image[int(y0 * h) : int(y1 * h), int(x0 * w) : int(x1 * w)] = colour
     return image
-
-
-def _forget_frame(cache: FeatureCache, key: str) -> None:
-    """Drop one frame's entries from the cache (the warm-up's synthetic frame must not take a real frame's slot)."""
-    lock, frames = getattr(cache, "_lock", None), getattr(cache, "_frames", None)
-    if lock is None or frames is None:
-        return
-    with lock:
-        frames.pop(key, None)
