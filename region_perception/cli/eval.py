@@ -83,11 +83,11 @@ def run_segment(args: argparse.Namespace) -> int:
     name = args.model or args.segmenter
     if not name or name == "none":
         raise CliError("eval segment: name the segmenter with --model (toy-sam, a SAM directory, vit_b:/path.pth, "
-                       "or an HF id with --segmenter-backend hf-sam)")
+                       "or an HF id such as facebook/sam-vit-base)")
     dataset = load_dataset(args.dataset, args.split, images=args.image_dir, refs_file=args.refs_file)
     device = resolve_device(args.device or "auto")
     with torch.inference_mode():
-        segmenter = load_segmenter(name, args.segmenter_backend or "sam", FeatureCache(4), device,
+        segmenter = load_segmenter(name, args.segmenter_backend or "auto", FeatureCache(4), device,
                                    revision=args.segmenter_revision or args.model_revision or "")
         summary = evaluate_segmenter(segmenter, dataset, limit=args.limit, progress=args.progress,
                                      seed=args.seed or 0)
@@ -125,7 +125,7 @@ def run_track(args: argparse.Namespace) -> int:
         from ..common.feature_cache import FeatureCache
         from ..models.loading import load_segmenter
 
-        segmenter = load_segmenter(args.segmenter, args.segmenter_backend or "sam", FeatureCache(2),
+        segmenter = load_segmenter(args.segmenter, args.segmenter_backend or "auto", FeatureCache(2),
                                    torch.device(args.device if args.device not in (None, "auto") else "cpu"))
     try:
         sequences = load_sequences(args.dataset, args.limit)

@@ -32,22 +32,42 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_download(args: argparse.Namespace) -> int:
     """``models --download [NAME ...]``: fetch what the configuration (or the names) will load."""
-    from ..models.prefetch import _model, check_target, download, wanted_by_config
+    from ..models.prefetch import _model, check_target, download
     from ..service.config_file import load_parameters
 
     target = Path(args.to) if args.to else None
     if target is not None:
         check_target(target)
     if args.download:
-        wanted = [_model("model", name, args.revision or "") for name in args.download]
+        download([_model("model", name, args.revision or "") for name in args.download], target)
     else:
         if args.revision:
             raise CliError("--revision needs a NAME (the configuration's revisions are model_revision & co.)")
-        wanted = wanted_by_config(load_parameters(args.config or DEFAULT_CONFIG_FILE))
-    download(wanted, target)
+        download_configuration(load_parameters(args.config or DEFAULT_CONFIG_FILE), target)
     where = f"HF_HUB_CACHE={target.absolute()} " if target is not None else ""
     print(f"ready to run offline: {where}HF_HUB_OFFLINE=1", flush=True)
     return 0
+
+
+def download_configuration(params: dict, target: Path | None) -> None:
+    """Fetch what an engine on these node parameters loads, decided as the engine decides: the file's values over
+    the package defaults for the model (and its fallback); then the model's own settings between the file and
+    the defaults for the segmenter and the snapping model (a key the file leaves unset, such as ``segmenter`` in
+    config/default.yaml, is the package default's: ``facebook/sam-vit-base``, unless the model brings its own)."""
+    import dataclasses
+
+    from ..engine.settings import UserSettings, flatten, model_own_settings
+    from ..models.prefetch import download, models_wanted, own_settings_directory, parts_wanted
+    from ..models.sources import read_meta
+    from ..service.config_file import engine_values
+
+    user = UserSettings(config=engine_values(params))
+    models = models_wanted(flatten(dataclasses.asdict(user.loading_config())))
+    fetched = download(models, target)
+    directory = own_settings_directory(models[0], fetched[0])
+    own = model_own_settings(read_meta(directory), directory) if directory is not None else {}
+    config, _ = user.resolve(own)
+    download(parts_wanted(flatten(dataclasses.asdict(config))), target)
 
 
 def cmd_convert(args: argparse.Namespace) -> int:

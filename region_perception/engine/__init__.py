@@ -35,7 +35,7 @@ from .results import (
     query_errors,
 )
 from .scoring import sentence_losses
-from .settings import UserSettings, describe_sources, flatten, model_own_settings
+from .settings import DEFAULT, UserSettings, describe_sources, fallback_settings, flatten, model_own_settings
 
 __all__ = [
     "TASKS",
@@ -56,6 +56,10 @@ __all__ = [
 
 class RegionEngine:
     """Answers region queries with one region model, one segmenter and a feature cache."""
+
+    # "facebook/sam-vit-base: no_network" when the package's default segmenter could not be had and the engine runs
+    # with none (as a model's ``fallback_from``); "" otherwise. Set by :meth:`load`.
+    segmenter_fallback: str = ""
 
     def __init__(
         self, config: EngineConfig, model, segmenter=None, proposer=None, cache: FeatureCache | None = None
@@ -97,14 +101,22 @@ class RegionEngine:
         )
         own = model_own_settings(getattr(model, "meta", {}) or {}, getattr(model, "directory", None))
         config, sources = user.resolve(own)
-        engine = cls._assemble(config, model, device)
+        engine = cls._assemble(config, model, device, segmenter_chosen=sources["segmenter"] != DEFAULT)
         engine.settings = describe_sources(config, sources, own)
+        if engine.segmenter_fallback:  # the default segmenter could not be had: say what runs instead, and why
+            engine.settings.update(fallback_settings(config, engine.config, engine.segmenter_fallback))
         return engine
 
     @classmethod
-    def _assemble(cls, config: EngineConfig, model, device: torch.device) -> RegionEngine:
-        """The engine around a loaded model: test aids, segmenter, proposals, feature cache."""
-        from ..models.loading import load_segmenter
+    def _assemble(cls, config: EngineConfig, model, device: torch.device, *,
+                  segmenter_chosen: bool = True) -> RegionEngine:
+        """The engine around a loaded model: test aids, segmenter, proposals, feature cache.
+
+        ``segmenter_chosen`` false: ``config.segmenter`` is the package default, which nobody set; if that
+        default cannot be had offline the engine runs with no segmenter (its ``config`` then says ``none``, and
+        superpixel proposals where they were ``sam``; ``segmenter_fallback`` says why), never with random weights.
+        """
+        from ..models.loading import load_segmenter_or_none
         from ..models.sam import SuperpixelProposer
 
         if config.refer_route not in ("proposals", "native"):
@@ -118,11 +130,15 @@ class RegionEngine:
             from ..models.faults import HoldingBackend
 
             model = HoldingBackend(model, config.hold_model_s)
-        segmenter = None
+        segmenter = fallback = None
         if config.segmenter not in ("", "none"):
-            segmenter = load_segmenter(
-                config.segmenter, config.segmenter_backend, cache, device, revision=config.segmenter_revision
+            segmenter, fallback = load_segmenter_or_none(
+                config.segmenter, config.segmenter_backend, cache, device, revision=config.segmenter_revision,
+                chosen=segmenter_chosen,
             )
+        if fallback is not None:
+            proposals = "superpixels" if config.proposals == "sam" else config.proposals
+            config = dataclasses.replace(config, segmenter="none", proposals=proposals)
         if config.proposals == "superpixels":
             proposer = SuperpixelProposer(cache)
         elif config.proposals == "sam":
@@ -131,7 +147,9 @@ class RegionEngine:
             proposer = segmenter
         else:
             raise ValueError(f"proposals {config.proposals!r}: expected sam or superpixels")
-        return cls(config, model, segmenter, proposer, cache)
+        engine = cls(config, model, segmenter, proposer, cache)
+        engine.segmenter_fallback = str(fallback) if fallback is not None else ""
+        return engine
 
     def settings_values(self) -> dict:
         """Every engine setting in force, flat (``proposal_filter.max_proposals``)."""

