@@ -15,11 +15,20 @@ caller retries its queries one by one so that only the faulty one fails.
 Nothing here imports the engine: :class:`FramePass` reads the engine's public members
 (``model``, ``config``, ``cache``, ``proposals``, ``snapper``, ``conversations``,
 ``check_answers_questions``, ``model_label``, ``weights_random``).
+
+A batch run inside :func:`interruptible` may be given up (:class:`Interrupted`) when more
+queries on its frame arrive while it runs: the caller then answers them all as one batch. A
+query alone pays nothing for that (a flag read per step of the language model), and a burst
+whose first query started alone costs little more than one batch of all of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -51,7 +60,10 @@ __all__ = [
     "TASKS",
     "BatchItem",
     "FramePass",
+    "Interrupted",
+    "check_interrupted",
     "classify_answers",
+    "interruptible",
     "query_errors",
     "run_batch",
     "run_items",
@@ -79,6 +91,77 @@ class BatchItem:
 
 
 Finisher = Callable[[], TaskResult]
+
+
+class Interrupted(BaseException):  # a control-flow signal, not an error: no `except Exception` takes it
+    """A run given up inside :func:`interruptible` because its ``should_stop`` said so: nothing was answered."""
+
+
+_SHOULD_STOP: ContextVar[Callable[[], bool] | None] = ContextVar("region_batch_should_stop", default=None)
+
+
+@contextmanager
+def interruptible(should_stop: Callable[[], bool]) -> Iterator[None]:
+    """Within it (this thread), :func:`run_items` raises :class:`Interrupted` once ``should_stop()`` is true.
+
+    It is asked before the frame is read, once the queries are prepared (the frame's features
+    are computed by then, and cached: the bigger batch does not compute them again), and at every
+    forward of the model's language model while it generates or scores. ``should_stop`` must be
+    cheap; the caller answers the run's queries another way (see QueryProcessor).
+    """
+    token = _SHOULD_STOP.set(should_stop)
+    try:
+        yield
+    finally:
+        _SHOULD_STOP.reset(token)
+
+
+def check_interrupted() -> None:
+    """Inside :func:`interruptible`: raise :class:`Interrupted` if its ``should_stop()`` holds (elsewhere: nothing)."""
+    should_stop = _SHOULD_STOP.get()
+    if should_stop is not None and should_stop():
+        raise Interrupted()
+
+
+_LANGUAGE_MODELS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # backend -> its modules that generate
+
+
+def _language_models(backend: Any) -> list[torch.nn.Module]:
+    """The backend's torch modules that generate (a language model's forward runs once per generated token)."""
+    try:
+        return _LANGUAGE_MODELS[backend]
+    except (KeyError, TypeError):
+        pass
+    found: list[torch.nn.Module] = []
+    for value in list(getattr(backend, "__dict__", {}).values()):
+        if isinstance(value, torch.nn.Module):
+            found += [m for m in value.modules() if callable(getattr(m, "generate", None))]
+    try:
+        _LANGUAGE_MODELS[backend] = found
+    except TypeError:  # a backend that cannot be weakly referenced: found again next time
+        pass
+    return found
+
+
+@contextmanager
+def _checked_forwards(backend: Any) -> Iterator[None]:
+    """Inside :func:`interruptible`: :func:`check_interrupted` before every forward of the backend's language
+    models (in this thread; another thread's forwards are not this run's)."""
+    if _SHOULD_STOP.get() is None:
+        yield
+        return
+    owner = threading.get_ident()
+
+    def hook(module, args) -> None:
+        if threading.get_ident() == owner:
+            check_interrupted()
+
+    handles = [module.register_forward_pre_hook(hook) for module in _language_models(backend)]
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
 
 
 class FramePass:
@@ -327,6 +410,7 @@ def run_items(engine, image: np.ndarray, items: list[BatchItem], frame_key: str 
     out: list[Any] = [None] * len(items)
     errors = query_errors()
     max_chars = engine.config.max_text_chars
+    check_interrupted()  # inside interruptible(): this run may be given up for a bigger batch
     questions, turns = {}, {}
     for i, item in enumerate(items):  # a conversation's turn begins before the frame is read (as it always has)
         if item.task != "ask":
@@ -376,33 +460,35 @@ def run_items(engine, image: np.ndarray, items: list[BatchItem], frame_key: str 
                 raise TaskError(f"unknown task {item.task!r}: expected one of {', '.join(TASKS)}")
         except errors as exc:
             out[i] = exc
+    check_interrupted()  # the frame's features are computed (and cached): a bigger batch reuses them
     turns_done = []  # conversations remember a turn once the whole batch has its answers
-    for (max_new_tokens, num_beams), group in rows.items():
-        texts = frame.generate([row[1:] for row in group], max_new_tokens, num_beams)
-        by_item: dict[int, list[str]] = {}
-        for (i, _, _, _), text in zip(group, texts, strict=True):
-            by_item.setdefault(i, []).append(text)
-        for i, got in by_item.items():
-            task = items[i].task
-            for ans, text in zip(answers[i], got if task == "caption" else got * len(answers[i]), strict=True):
-                ans.text = text
-            if task == "ask":
-                turns_done.append((turns[i], questions[i], got[0]))
-                finish[i] = frame.finisher("ask", answers[i], notes=turns[i].notes)
-            else:
-                finish[i] = frame.finisher(task, answers[i])
-    if classify:
-        groups = [(answers[i], labels, items[i].rank, items[i].vocabulary_name) for i, labels in classify]
-        for (i, _), notes in zip(classify, frame.classify(groups), strict=True):
-            finish[i] = frame.finisher("classify", answers[i], notes=notes)
-    if refer:
-        for i, done in frame.refer(refer).items():
-            if isinstance(done, BaseException):
-                out[i] = done
-            else:
-                finish[i] = done
-    for i, text in comprehend:
-        finish[i] = frame.comprehend(text, answers[i])
+    with _checked_forwards(engine.model):  # inside interruptible(): asked at every language-model forward
+        for (max_new_tokens, num_beams), group in rows.items():
+            texts = frame.generate([row[1:] for row in group], max_new_tokens, num_beams)
+            by_item: dict[int, list[str]] = {}
+            for (i, _, _, _), text in zip(group, texts, strict=True):
+                by_item.setdefault(i, []).append(text)
+            for i, got in by_item.items():
+                task = items[i].task
+                for ans, text in zip(answers[i], got if task == "caption" else got * len(answers[i]), strict=True):
+                    ans.text = text
+                if task == "ask":
+                    turns_done.append((turns[i], questions[i], got[0]))
+                    finish[i] = frame.finisher("ask", answers[i], notes=turns[i].notes)
+                else:
+                    finish[i] = frame.finisher(task, answers[i])
+        if classify:
+            groups = [(answers[i], labels, items[i].rank, items[i].vocabulary_name) for i, labels in classify]
+            for (i, _), notes in zip(classify, frame.classify(groups), strict=True):
+                finish[i] = frame.finisher("classify", answers[i], notes=notes)
+        if refer:
+            for i, done in frame.refer(refer).items():
+                if isinstance(done, BaseException):
+                    out[i] = done
+                else:
+                    finish[i] = done
+        for i, text in comprehend:
+            finish[i] = frame.comprehend(text, answers[i])
     for turn, question, text in turns_done:
         engine.conversations.finish(turn, question, text, frame.size)
     for i, make in finish.items():

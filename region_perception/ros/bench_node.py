@@ -9,7 +9,8 @@ far below the published rate, in either window.
 The node's overhead (round trip minus its own inference time) is measured beside a plain
 rclpy echo (``python -m region_perception.ros.bench_node --echo RESULT_FILE``): a process
 subscribed to the same camera that answers each RegionQuery with the node's own answer
-(same message, same size, same QoS, same executor kind), its queries interleaved with the
+(same message, same size, same QoS, its topics read as the node reads them: on a
+SubscriptionReader thread, the camera kept serialized), its queries interleaved with the
 node's. The echo's round trip is the floor ROS sets on this machine; the node's overhead is
 reported as its difference from and ratio to it.
 """
@@ -36,7 +37,7 @@ from ..bench.engine import Figure
 from ..common.ros_env import apply_local_ros_env
 from . import qos
 from .processes import camera_command, node_command
-from .spin import make_executor, spin_in_background
+from .spin import SubscriptionReader, make_executor, spin_in_background
 
 PUBLISHED_HZ = 30.0
 IDLE_S = 15.0  # each idle window: received_hz over at least this long
@@ -300,6 +301,7 @@ def measure_bursts(h: Harness, bursts: int = 3, tag: str = "") -> dict:
     """
     regions = ten_regions()
     h.ask(f"{tag}warm-ten", regions=regions, max_new_tokens=10)
+    regrouped_before = _regrouped(h)
     ratios, ones, tens, sizes = [], [], [], []
     for k in range(bursts):
         one, _ = h.ask(f"{tag}ten-regions-{k}", regions=regions, max_new_tokens=10)
@@ -325,7 +327,16 @@ def measure_bursts(h: Harness, bursts: int = 3, tag: str = "") -> dict:
         "one_query_of_ten_regions_s": [round(t, 3) for t in ones],
         "ten_queries_s": [round(t, 3) for t in tens],
         "batches": sizes,
+        "regrouped": _regrouped(h) - regrouped_before,
     }
+
+
+def _regrouped(h: Harness) -> int:
+    """The node's ``runs_regrouped`` now (from a diagnostics message published after this call)."""
+    with h.changed:
+        seen = len(h.frame_counts)
+    h.wait_for(lambda: len(h.frame_counts) > seen, 30, "no diagnostics from the node")
+    return int(h.diag.get("runs_regrouped", 0))
 
 
 def bench_node(model: str, out_dir: Path, idle_s: float = IDLE_S, queries: int = 20) -> dict:
@@ -501,11 +512,18 @@ NODE_NOTES = [
     "  ASK is skipped for a model that does not answer free questions.",
     "- `node_overhead_ms`: a query's round trip minus the node's own `inference_ms`, median of 20.",
     "  `dds_echo_floor_ms`: a plain rclpy echo in another process (subscribed to the same camera, same QoS,",
-    "  same executor kind) answering each query with the node's own RegionResult, its queries interleaved",
-    "  with the node's: what ROS itself costs for the same messages on this machine at that moment.",
+    "  its topics read as the node reads them: a reader thread, the camera kept serialized) answering each",
+    "  query with the node's own RegionResult, its queries interleaved with the node's: what ROS itself costs",
+    "  for the same messages on this machine at that moment.",
+    "- `idle_camera_cpu_pct`: the node reads the camera, depth and query topics on a thread of its own (not",
+    "  through rclpy's executor, whose every wake-up rebuilds a wait set of all the node's entities) and keeps",
+    "  frames serialized until a query reads one; its expiry timer runs only while something can time out.",
     "- `node_ten_captions_vs_one_query_of_ten_regions`: the node takes the queries its subscription already",
     "  holds as one group, and its worker settles (`batch_settle_ms`) only when it wakes to find another",
-    "  query queued; a lone query (`node_overhead_ms`) is never delayed. `batches`: the engine calls per burst.",
+    "  query queued; a query the worker started alone is regrouped with those that arrive while it runs (its",
+    "  run given up within one language-model step, one engine call for all). A lone query",
+    "  (`node_overhead_ms`) is never delayed. `batches`: the engine calls per burst; `regrouped`: bursts",
+    "  whose first query had started alone.",
     "- `warm_up_ms`: the node's warm-up at activation (snapping model, default vocabulary's embeddings,",
     "  segmenter, one forward of each task on a synthetic frame); `activate_ms` includes the model's loading.",
     "- The machine is shared with other work (other agents' training and tests on the same 2 cores): every",
@@ -527,8 +545,9 @@ def _number(value: str) -> float:
 def echo_main(template_path: Path) -> int:
     """The plain rclpy echo: every RegionQuery on ``ECHO_QUERIES`` answered with the stored RegionResult.
 
-    What the node does at the least, and nothing more: the same subscriptions (queries, and
-    the camera with the bench's image QoS), the same history depths, the same executor kind.
+    What the node does at the least, and nothing more: the same subscriptions read the same way
+    (queries, and the camera kept serialized with the bench's image QoS, both on a
+    :class:`SubscriptionReader` thread), the same history depths, an executor spinning beside.
     """
     from rclpy.executors import ExternalShutdownException
     from rclpy.serialization import deserialize_message
@@ -542,17 +561,19 @@ def echo_main(template_path: Path) -> int:
     template = deserialize_message(template_path.read_bytes(), RegionResult)
     depth = int(PARAMETERS["query_qos_depth"][0])
     results = node.create_publisher(RegionResult, ECHO_RESULTS, depth)
-    latest: list[Image] = []
+    latest: list[bytes] = []
 
     def on_query(msg: RegionQuery) -> None:
         template.query_id, template.task = msg.query_id, msg.task
         results.publish(template)
 
-    def on_image(msg: Image) -> None:  # as the node's camera callback: keep the frame, nothing else
-        latest[:] = [msg]
+    def on_image(data: bytes) -> None:  # as the node's camera callback: keep the frame, nothing else
+        latest[:] = [data]
 
-    node.create_subscription(RegionQuery, ECHO_QUERIES, on_query, depth)
-    node.create_subscription(Image, "image", on_image, qos.image_qos(1, "reliable"))
+    reader = SubscriptionReader(node, "echo-intake")
+    reader.subscribe(RegionQuery, ECHO_QUERIES, on_query, depth)
+    reader.subscribe(Image, "image", on_image, qos.image_qos(1, "reliable"), raw=True)
+    reader.start()
     executor = make_executor()
     executor.add_node(node)
     try:
@@ -560,6 +581,7 @@ def echo_main(template_path: Path) -> int:
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
+        reader.close()
         executor.shutdown(timeout_sec=1.0)
         node.destroy_node()
         if rclpy.ok():

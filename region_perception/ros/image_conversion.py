@@ -6,6 +6,8 @@ this module adds the builders (numpy -> message).
 
 from __future__ import annotations
 
+import array
+
 import numpy as np
 
 from ..service.image_decoding import (  # noqa: F401  (re-exported: this module's readers)
@@ -13,46 +15,62 @@ from ..service.image_decoding import (  # noqa: F401  (re-exported: this module'
     MAX_PIXELS_DEFAULT,
     SUPPORTED,
     ImageConversionError,
+    SerializedImage,
     compressed_msg_to_rgb,
+    image_from_cdr,
     image_msg_to_array,
     image_msg_to_rgb,
     mask_msg_to_bool,
 )
 
 
-def array_to_image_msg(array: np.ndarray, encoding: str, header=None):
-    """A ``sensor_msgs/Image`` from an (H, W) or (H, W, C) uint8 array (no padding)."""
+def _byte_array(nbytes: int) -> tuple[array.array, np.ndarray]:
+    """A message's ``uint8[]`` of ``nbytes`` (an ``array('B')``) and a writable numpy view of it.
+
+    Filled through the view, the pixels are copied once; handing a message ``bytes`` (or a numpy
+    array) instead costs further copies into fresh memory in its field setter.
+    """
+    data = array.array("B", b"\0") * nbytes
+    return data, np.frombuffer(data, dtype=np.uint8)
+
+
+def _image_msg(height: int, width: int, encoding: str, step: int, data: array.array, header=None):
     from sensor_msgs.msg import Image
 
-    arr = np.ascontiguousarray(array, dtype=np.uint8)
-    msg = Image()
+    msg = Image(check_fields=True)  # checked fields: an array('B') is kept as given, not copied again
     if header is not None:
         msg.header = header
-    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
-    msg.encoding = encoding
-    msg.is_bigendian = 0
-    msg.step = int(arr.shape[1] * (arr.shape[2] if arr.ndim == 3 else 1))
-    msg.data = arr.tobytes()
+    msg.height, msg.width, msg.encoding, msg.is_bigendian, msg.step = height, width, encoding, 0, step
+    msg.data = data
     return msg
 
 
+def array_to_image_msg(image: np.ndarray, encoding: str, header=None):
+    """A ``sensor_msgs/Image`` from an (H, W) or (H, W, C) uint8 array (no padding)."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = image.astype(np.uint8)
+    data, pixels = _byte_array(image.size)
+    pixels.reshape(image.shape)[...] = image
+    h, w = int(image.shape[0]), int(image.shape[1])
+    return _image_msg(h, w, encoding, w * (image.shape[2] if image.ndim == 3 else 1), data, header)
+
+
 def mask_to_msg(mask: np.ndarray, header=None):
-    return array_to_image_msg(mask.astype(np.uint8) * 255, "mono8", header)
+    """A mono8 ``sensor_msgs/Image``: 255 inside ``mask`` (nonzero), 0 outside."""
+    mask = np.asarray(mask)
+    if mask.dtype != np.bool_:
+        mask = mask != 0
+    data, pixels = _byte_array(mask.size)
+    np.negative(mask.view(np.uint8), out=pixels.reshape(mask.shape))  # True is 1, and -1 is 255
+    return _image_msg(int(mask.shape[0]), int(mask.shape[1]), "mono8", int(mask.shape[1]), data, header)
 
 
 def depth_to_image_msg(depth: np.ndarray, header=None):
     """A depth ``sensor_msgs/Image``: uint16 as 16UC1, float32 as 32FC1 (little-endian, no padding)."""
-    from sensor_msgs.msg import Image
-
-    arr = np.ascontiguousarray(depth)
-    if arr.dtype == np.uint16:
-        encoding, arr = "16UC1", arr.astype("<u2")
-    else:
-        encoding, arr = "32FC1", arr.astype("<f4")
-    msg = Image()
-    if header is not None:
-        msg.header = header
-    msg.height, msg.width = int(arr.shape[0]), int(arr.shape[1])
-    msg.encoding, msg.is_bigendian, msg.step = encoding, 0, int(arr.shape[1] * arr.itemsize)
-    msg.data = arr.tobytes()
-    return msg
+    depth = np.asarray(depth)
+    encoding, kind = ("16UC1", "<u2") if depth.dtype == np.uint16 else ("32FC1", "<f4")
+    data, pixels = _byte_array(depth.size * np.dtype(kind).itemsize)
+    pixels.view(kind).reshape(depth.shape)[...] = depth
+    h, w = int(depth.shape[0]), int(depth.shape[1])
+    return _image_msg(h, w, encoding, w * np.dtype(kind).itemsize, data, header)

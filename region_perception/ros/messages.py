@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from builtin_interfaces.msg import Time
 from geometry_msgs.msg import Point, Vector3
 from sensor_msgs.msg import RegionOfInterest
 from std_msgs.msg import Header
@@ -13,7 +14,7 @@ from region_perception.msg import RegionOutput, RegionQuery, RegionResult
 from ..engine.settings import source_lines
 from ..geometry.regions import BoxRegion, MaskRegion, PointsRegion, Region, RegionError, ScribbleRegion, WholeImage
 from ..service.query_processor import Outcome, QuerySpec
-from .image_conversion import ImageConversionError, mask_msg_to_bool, mask_to_msg
+from .image_conversion import ImageConversionError, SerializedImage, mask_msg_to_bool, mask_to_msg
 
 MAX_REGIONS = 32
 
@@ -79,6 +80,9 @@ def result_msg(outcome: Outcome, model_name: str, weights_random: bool, include_
     query = outcome.spec.context if outcome.spec is not None else None
     if frame is not None and getattr(frame.raw, "header", None) is not None:
         msg.header = frame.raw.header
+    elif frame is not None and isinstance(frame.raw, SerializedImage):  # a camera frame kept serialized
+        raw = frame.raw
+        msg.header = Header(stamp=Time(sec=raw.sec, nanosec=raw.nanosec), frame_id=raw.frame_id)
     elif isinstance(query, RegionQuery):
         msg.header = query.header
     msg.query_id = outcome.query_id

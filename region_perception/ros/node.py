@@ -15,6 +15,7 @@ import math
 import sys
 import threading
 import time
+from collections import deque
 
 import numpy as np
 import rclpy
@@ -26,6 +27,7 @@ from rclpy.exceptions import ParameterUninitializedException
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.parameter import Parameter
 from rclpy.qos import QoSProfile
+from rclpy.serialization import deserialize_message
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 from visualization_msgs.msg import Marker, MarkerArray
 
@@ -44,9 +46,22 @@ from ..service.overlay import draw_overlay
 from ..service.query_processor import Outcome, QueryProcessor, QuerySpec
 from . import qos
 from .follow_server import FollowServer
-from .image_conversion import array_to_image_msg, compressed_msg_to_rgb, image_msg_to_rgb
+from .image_conversion import (
+    ImageConversionError,
+    array_to_image_msg,
+    compressed_msg_to_rgb,
+    image_from_cdr,
+    image_msg_to_rgb,
+)
 from .messages import result_msg, spec_from_query
-from .spin import Handoff, close_node, make_executor, serve_until_signalled, stop_requested_by_signals
+from .spin import (
+    Handoff,
+    SubscriptionReader,
+    close_node,
+    make_executor,
+    serve_until_signalled,
+    stop_requested_by_signals,
+)
 
 DEFAULTS = package_defaults()  # the engine's settings: one source of defaults (engine/config.py)
 # Every parameter is documented in config/default.yaml. Those a model may bring (MODEL_OWN) are declared
@@ -55,8 +70,8 @@ DEFAULTS = package_defaults()  # the engine's settings: one source of defaults (
 ENGINE_PARAMETERS: dict[str, str] = {
     "model": "registry name, Hugging Face id or local directory",
     "fallback_model": "loaded (loudly) when model cannot be; empty = only the default falls back, offline",
-    "segmenter": "SAM for box/point -> mask: tiny-sam, vit_b:/path.pth, HF id, or none",
-    "segmenter_backend": "sam (segment-anything) or hf-sam (transformers SamModel)",
+    "segmenter": "SAM for box/point -> mask: toy-sam, vit_b:/path.pth, HF id (default facebook/sam-vit-base), or none",
+    "segmenter_backend": "auto (hf-sam for a transformers SAM, else sam), sam (segment-anything) or hf-sam",
     "proposals": "REFER proposals: sam or superpixels",
     "refer_route": "REFER: proposals (score masks by LM loss) or native (Florence-2's own)",
     "snap_model": "sentence encoder that snaps CLASSIFY answers onto the labels",
@@ -136,6 +151,10 @@ def _percentile(values, q: float) -> float:
     return float(np.percentile(list(values), q)) if values else 0.0
 
 
+def _stamp_ns(header) -> int:
+    return header.stamp.sec * 1_000_000_000 + header.stamp.nanosec
+
+
 class RegionPerceptionNode(LifecycleNode):
     def __init__(self, **kwargs) -> None:
         super().__init__("region_perception", **kwargs)
@@ -156,14 +175,19 @@ class RegionPerceptionNode(LifecycleNode):
         self._fast = MutuallyExclusiveCallbackGroup()
         self._slow = ReentrantCallbackGroup()  # ~/query calls await the worker side by side
         self._service_calls: dict[Handoff, tuple[float, RegionQuery]] = {}  # awaiting: (give up at, query)
+        self._watch_lock = threading.Lock()  # the expiry timer's stop (_expire) and restart (_watch)
         self._created = []
-        self._image_times: list[float] = []
+        self._image_times: deque[float] = deque(maxlen=30)  # arrival of the last frames (diagnostics image_rate_hz)
+        # the camera, depth and query topics are read on a thread of their own (see spin.SubscriptionReader),
+        # started once an executor serves the node (as the executor would have served them)
+        self._reader: SubscriptionReader | None = None
+        self._reader_start = None  # guard condition: an executor that spins the node starts the reader
         self.overlays_drawn = 0  # diagnostics: overlays are drawn only while someone subscribes
         self.depth_source: DepthSource | None = None  # depth_topic set: 3D positions (see _configure_depth)
         self.depth_subs = []
         self._warming = threading.Event()  # set while the loaded model warms up: queries are answered at once
         self._warm_thread: threading.Thread | None = None
-        self._served = False  # an executor serves this node (a timer has fired): answers can go out while warming
+        self._served = False  # an executor serves this node (it ran a callback): answers can go out while warming
         self.warmup_ms: float | None = None  # the last warm-up's duration (diagnostics warmup_ms)
         self.activate_ms: float | None = None  # the last activate transition's duration (diagnostics activate_ms)
 
@@ -215,21 +239,19 @@ class RegionPerceptionNode(LifecycleNode):
         self.markers_pub = self.create_publisher(MarkerArray, "~/markers", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         image_qos = qos.image_qos(int(self.p("image_qos_depth")), str(self.p("image_reliability")))
+        reader = self._reader = SubscriptionReader(self, "region-intake")
         if self.p("use_compressed"):
-            self.image_sub = self.create_subscription(
-                CompressedImage, "image/compressed", self._on_compressed, image_qos, callback_group=self._fast
-            )
-        else:
-            self.image_sub = self.create_subscription(
-                Image, "image", self._on_image, image_qos, callback_group=self._fast
-            )
-        self.query_sub = self.create_subscription(
-            RegionQuery, "region_queries", self._on_query, depth, callback_group=self._fast
-        )
+            self.image_sub = reader.subscribe(CompressedImage, "image/compressed", self._on_compressed, image_qos)
+        else:  # kept serialized: a frame's pixels are read in place, and only when a query needs them
+            self.image_sub = reader.subscribe(Image, "image", self._on_image_data, image_qos, raw=True)
+        self.query_sub = reader.subscribe(RegionQuery, "region_queries", self._on_query, depth)
         self._configure_depth(image_qos)
+        self._reader_start = self.create_guard_condition(self._on_served, callback_group=self._fast)
+        self._reader_start.trigger()  # seen by the first executor that spins the node
         # ~/follow: a region followed frame to frame (segmenter + optical flow, the model re-checking)
         self.follow = FollowServer(self, self.frames, engine=lambda: self.engine if self._active else None,
-                                   depth_source=self.depth_source)
+                                   depth_source=self.depth_source, overlay_pub=self.overlay_pub,
+                                   overlay_enabled=lambda: bool(self.p("use_overlay")))
         self.query_srv = self.create_service(QueryRegions, "~/query", self._on_service, callback_group=self._slow)
         self.expiry_timer = self.create_timer(0.1, self._expire, callback_group=self._fast)
         self.diag_timer = self.create_timer(float(self.p("diagnostics_period_s")), self._publish_diagnostics)
@@ -256,10 +278,8 @@ class RegionPerceptionNode(LifecycleNode):
         self.depth_source = DepthSource(settings, depth_topic=depth_topic, camera_info_topic=info_topic)
         self.processor.depth_source = self.depth_source
         self.depth_subs = [
-            self.create_subscription(Image, depth_topic, self._on_depth, image_qos, callback_group=self._fast),
-            self.create_subscription(
-                CameraInfo, info_topic, self._on_camera_info, image_qos, callback_group=self._fast
-            ),
+            self._reader.subscribe(Image, depth_topic, self._on_depth_data, image_qos, raw=True),
+            self._reader.subscribe(CameraInfo, info_topic, self._on_camera_info, image_qos),
         ]
         self.get_logger().info(f"3D positions from depth {depth_topic!r} and CameraInfo {info_topic!r}")
 
@@ -350,6 +370,7 @@ class RegionPerceptionNode(LifecycleNode):
     def on_cleanup(self, state: LifecycleState) -> TransitionCallbackReturn:
         self.follow.destroy()
         self._unload("the node was cleaned up")
+        self._close_reader()
         for entity in (self.image_sub, self.query_sub, *self.depth_subs):
             self.destroy_subscription(entity)
         self.destroy_service(self.query_srv)
@@ -375,38 +396,71 @@ class RegionPerceptionNode(LifecycleNode):
             self.engine.unload()  # frees cached features; torch.cuda.empty_cache() on GPU
             self.engine = None
 
-    # -- intake --------------------------------------------------------------------------------
+    def _on_served(self) -> None:
+        """An executor spins the node: its topics are read from now on (see spin.SubscriptionReader)."""
+        self._served = True
+        if self._reader is not None:
+            self._reader.start()
+
+    def _close_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        if self._reader_start is not None:
+            self.destroy_guard_condition(self._reader_start)
+            self._reader_start = None
+
+    def destroy_node(self) -> None:
+        self._close_reader()  # no handler runs once the node's entities go
+        super().destroy_node()
+
+    # -- intake (the reader's thread; tests call these directly) ---------------------------------
+    def _on_image_data(self, data: bytes) -> None:
+        """A camera frame as serialized: its stamp and frame read in place, nothing decoded or copied."""
+        try:
+            image = image_from_cdr(data)
+        except ImageConversionError:  # not plain CDR: the middleware's own deserialization
+            self._on_image(deserialize_message(data, Image))
+            return
+        self._add_frame(Frame(image.stamp_ns, image.frame_id, image, self._decode_image))
+
     def _on_image(self, msg: Image) -> None:
-        max_pixels = int(self.p("max_image_pixels"))
-        self._add_frame(msg, lambda m: image_msg_to_rgb(m, max_pixels))
+        self._add_frame(Frame(_stamp_ns(msg.header), msg.header.frame_id, msg, self._decode_image))
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        max_pixels = int(self.p("max_image_pixels"))
-        self._add_frame(msg, lambda m: compressed_msg_to_rgb(m, max_pixels))
+        self._add_frame(Frame(_stamp_ns(msg.header), msg.header.frame_id, msg, self._decode_compressed))
 
-    def _add_frame(self, msg, decode) -> None:
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        frame = Frame(stamp, msg.header.frame_id, msg, decode)
+    def _decode_image(self, raw) -> np.ndarray:
+        return image_msg_to_rgb(raw, int(self.p("max_image_pixels")))
+
+    def _decode_compressed(self, raw) -> np.ndarray:
+        return compressed_msg_to_rgb(raw, int(self.p("max_image_pixels")))
+
+    def _add_frame(self, frame: Frame) -> None:
         self.frames.add(frame)  # decoded only when queried
         if self.depth_source is not None:
             self.depth_source.colour_arrived(frame)  # its depth frame travels with it
         self.processor.frame_arrived()
         self._image_times.append(time.monotonic())
-        if len(self._image_times) > 60:
-            del self._image_times[:30]
+
+    def _on_depth_data(self, data: bytes) -> None:
+        """Buffered as received (serialized); decoded (and refused, as a note) only when a query needs it."""
+        try:
+            image = image_from_cdr(data)
+        except ImageConversionError:
+            self._on_depth(deserialize_message(data, Image))
+            return
+        self.depth_source.add_depth(image.stamp_ns, image.frame_id, image)
 
     def _on_depth(self, msg: Image) -> None:
-        """Buffered as received; decoded (and refused, as a note) only when a query needs it."""
-        stamp = msg.header.stamp.sec * 1_000_000_000 + msg.header.stamp.nanosec
-        self.depth_source.add_depth(stamp, msg.header.frame_id, msg)
+        self.depth_source.add_depth(_stamp_ns(msg.header), msg.header.frame_id, msg)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self.depth_source.set_camera_info(msg.k, msg.width, msg.height, msg.header.frame_id)
 
     def _on_query(self, msg: RegionQuery) -> None:
-        """One message from the executor, and those the subscription already holds: submitted as one group.
+        """One message from the reader, and those the subscription already holds: submitted as one group.
 
-        The executor hands over one message per callback; the rest of a burst is often already
+        The reader hands over one message at a time; the rest of a burst is often already
         received. Taken now, they reach the worker together (one engine call), and the worker
         needs no wait to batch them (see QueryProcessor.submit_group).
         """
@@ -422,6 +476,8 @@ class RegionPerceptionNode(LifecycleNode):
             self.processor.submit(specs[0])
         elif specs:
             self.processor.submit_group(specs)
+        if specs:
+            self._watch()
 
     def _take_query(self) -> RegionQuery | None:
         """A message the query subscription holds and has not delivered (None: none), taken as the executor does."""
@@ -439,6 +495,7 @@ class RegionPerceptionNode(LifecycleNode):
         spec = self._spec(msg, frame, on_done)
         if spec is not None:
             self.processor.submit(spec)
+        self._watch()
 
     def _spec(self, msg: RegionQuery, frame: Frame | None, on_done=None) -> QuerySpec | None:
         """The query to submit, or None when it was answered here (malformed, inactive, warming up)."""
@@ -488,6 +545,8 @@ class RegionPerceptionNode(LifecycleNode):
         return response
 
     def _expire(self) -> None:
+        """Deadlines, frames that never came, ~/query calls never answered. The timer runs only while one of
+        those may be pending (see :meth:`_watch`): an idle node is not woken ten times a second for nothing."""
         self._served = True  # an executor serves the node: a later activation can warm up in the background
         if self.processor is not None:
             self.processor.expire_overdue()
@@ -497,6 +556,22 @@ class RegionPerceptionNode(LifecycleNode):
                 result = RegionResult(query_id=query.query_id, task=query.task, status=int(Status.TIMEOUT))
                 result.error = "the worker did not answer in time"
                 handoff.set(result)
+        with self._watch_lock:
+            if not self._service_calls and (self.processor is None or not self.processor.watching):
+                self.expiry_timer.cancel()
+
+    def _watch(self) -> None:
+        """After a submit (any thread): the expiry timer runs again if something may now time out."""
+        with self._watch_lock:
+            timer = getattr(self, "expiry_timer", None)
+            if timer is None or not timer.is_canceled():
+                return
+            if not self._service_calls and (self.processor is None or not self.processor.watching):
+                return
+            timer.reset()
+        executor = self.executor
+        if executor is not None:
+            executor.wake()  # its wait was computed without the timer
 
     def wait_for_service_answers(self, timeout_s: float) -> bool:
         """Until every ~/query call in flight has been answered (the executor must be spinning)."""
@@ -621,7 +696,7 @@ class RegionPerceptionNode(LifecycleNode):
             status.level, status.message = DiagnosticStatus.WARN, "query queue full"
         else:
             status.level, status.message = DiagnosticStatus.OK, "ok"
-        times = self._image_times[-30:]
+        times = list(self._image_times)
         rate = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else 0.0
         values = {
             "model": engine.model.name if engine else str(self.p("model")),
@@ -636,6 +711,7 @@ class RegionPerceptionNode(LifecycleNode):
             "latency_p50_ms": round(_percentile(proc.latencies_ms, 50), 1),
             "latency_p95_ms": round(_percentile(proc.latencies_ms, 95), 1),
             "inference_p50_ms": round(_percentile(proc.inference_ms, 50), 1),
+            "runs_regrouped": proc.regrouped,  # queries started alone, then answered with a burst's others
             "feature_cache_hits": engine.cache.hits if engine else 0,
             "overlays_drawn": self.overlays_drawn,
             "overlay_subscribers": self.overlay_pub.get_subscription_count(),

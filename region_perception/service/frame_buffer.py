@@ -1,7 +1,8 @@
 """A bounded ring of recent camera frames, keyed by stamp.
 
-Frames are kept as received (the ROS message) and decoded only when a query needs them:
-an idle camera stream costs one append per frame. A frame's decoded image is cached on
+Frames are kept as received (the ROS message, or the node's camera frame still serialized:
+an ``image_decoding.SerializedImage``) and decoded only when a query needs them: an idle
+camera stream costs one append per frame. A frame's decoded image is cached on
 the frame, so several queries on it decode it once.
 """
 
@@ -20,7 +21,7 @@ import numpy as np
 class Frame:
     stamp_ns: int
     frame_id: str
-    raw: Any  # the message as received
+    raw: Any  # the message as received (or a SerializedImage: its fields, the pixels in the received bytes)
     decode: Callable[[Any], np.ndarray] = field(repr=False)
     _image: np.ndarray | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)

@@ -8,6 +8,9 @@ the rosbags-decoded messages of a log work as well as rclpy's.
 
 from __future__ import annotations
 
+import struct
+from dataclasses import dataclass
+
 import cv2
 import numpy as np
 
@@ -65,12 +68,82 @@ def image_msg_to_array(msg, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
 
 
 def image_msg_to_rgb(msg, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:
-    """An RGB uint8 copy of a ``sensor_msgs/Image``."""
+    """An RGB uint8 array of a ``sensor_msgs/Image`` (writable; it may share the message's buffer)."""
     arr = image_msg_to_array(msg, max_pixels)  # validates encoding, size, step and data length
-    if _BRIDGE is not None:
+    if _BRIDGE is not None and not isinstance(msg, SerializedImage):
         return np.ascontiguousarray(_BRIDGE.imgmsg_to_cv2(msg, desired_encoding="rgb8"))
     code = _ENCODINGS[msg.encoding][1]
-    return np.ascontiguousarray(arr) if code is None else cv2.cvtColor(arr, code)
+    if code is not None:
+        return cv2.cvtColor(arr, code)
+    rgb = np.ascontiguousarray(arr)
+    return rgb if rgb.flags.writeable else rgb.copy()  # a SerializedImage's bytes are read-only
+
+
+@dataclass(frozen=True)
+class SerializedImage:
+    """A ``sensor_msgs/Image`` read from its serialized (CDR) bytes: the fields, and the pixels left in place.
+
+    What a camera callback keeps instead of the message: reading it costs a few field reads, not a
+    copy of the pixels into a Python message (see :func:`image_from_cdr`). It has the fields the
+    readers here use (``encoding``, ``height``, ``width``, ``step``, ``is_bigendian``, ``data``).
+    """
+
+    sec: int
+    nanosec: int
+    frame_id: str
+    height: int
+    width: int
+    encoding: str
+    is_bigendian: int
+    step: int
+    data: memoryview
+
+    @property
+    def stamp_ns(self) -> int:
+        return self.sec * 1_000_000_000 + self.nanosec
+
+
+_CDR_BYTE_ORDER = {b"\x00\x01": "<", b"\x00\x00": ">"}  # plain CDR, little / big endian (XCDR1)
+
+
+def image_from_cdr(buf: bytes) -> SerializedImage:
+    """A serialized ``sensor_msgs/Image`` (as a raw subscription takes it) read in place.
+
+    Only plain CDR (the encapsulation ROS 2's middlewares use for these types) is read; anything
+    else, or bytes that do not hold a whole Image, raises ImageConversionError (the caller then
+    deserializes the message the middleware's way).
+    """
+    order = _CDR_BYTE_ORDER.get(bytes(buf[:2]))
+    if order is None:
+        raise ImageConversionError(f"not plain CDR (encapsulation {bytes(buf[:4])!r})")
+    u32, header = struct.Struct(order + "I"), struct.Struct(order + "iI")
+    size = len(buf)
+
+    def string(pos: int) -> tuple[str, int]:
+        pos = (pos + 3) & ~3
+        (n,) = u32.unpack_from(buf, pos)
+        pos += 4
+        if pos + n > size:
+            raise ImageConversionError("serialized image: a string runs past the end")
+        text = bytes(buf[pos : pos + max(0, n - 1)]).decode("utf-8", "replace")  # n counts the NUL
+        return text, pos + n
+
+    try:
+        sec, nanosec = header.unpack_from(buf, 4)  # after the 4-byte encapsulation header
+        frame_id, pos = string(12)
+        pos = (pos + 3) & ~3
+        height, width = u32.unpack_from(buf, pos)[0], u32.unpack_from(buf, pos + 4)[0]
+        encoding, pos = string(pos + 8)
+        is_bigendian = buf[pos]
+        pos = (pos + 1 + 3) & ~3
+        step, n = u32.unpack_from(buf, pos)[0], u32.unpack_from(buf, pos + 4)[0]
+    except (struct.error, IndexError):
+        raise ImageConversionError("serialized image: shorter than its fields") from None
+    pos += 8
+    if pos + n > size:
+        raise ImageConversionError(f"serialized image: {n} bytes of pixels announced, {size - pos} present")
+    return SerializedImage(sec, nanosec, frame_id, height, width, encoding, is_bigendian, step,
+                           memoryview(buf)[pos : pos + n])
 
 
 def compressed_msg_to_rgb(msg, max_pixels: int = MAX_PIXELS_DEFAULT) -> np.ndarray:

@@ -10,7 +10,10 @@ thread runs the engine.
 Batching costs a lone query nothing: the worker waits for more queries (``batch_settle_ms``)
 only on evidence of a burst, another query already queued when it wakes. ``submit_group``
 enqueues the queries an adapter received together (the node drains its subscription) as
-one step, so a woken worker sees the whole group, never a part of it.
+one step, so a woken worker sees the whole group, never a part of it. A burst whose first
+query reached the idle worker alone (the rest still on the wire) is regrouped: that query's
+run is given up as soon as a query that could share its engine call is queued (see
+:func:`..engine.batch.interruptible`), and all of them are answered by one call.
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ import numpy as np
 
 from ..common.status import Status, Task
 from ..engine import EngineConfig, ImageError, RegionEngine, TaskError, TaskResult, check_image, check_text
-from ..engine.batch import BatchItem
+from ..engine.batch import BatchItem, Interrupted, interruptible
 from ..geometry.regions import Region, RegionError, validate
 from .frame_buffer import Frame, FrameBuffer, FrameLookupError
 
@@ -145,6 +148,11 @@ class QueryProcessor:
         self._queue: queue.Queue[_Job | None] = queue.Queue(maxsize=max(1, queue_size))
         # held while a group is enqueued; a woken worker passes through it before it decides what to take
         self._intake = threading.Lock()
+        # the query the worker runs alone, while a query that could join it would make it give up (see _run_one)
+        self._alone: _Job | None = None
+        self._alone_lock = threading.Lock()
+        self._joined = threading.Event()  # set when such a query is queued
+        self.regrouped = 0  # runs given up for a bigger batch (diagnostics, benchmarks)
         self._pending: dict[int, _Job] = {}
         self._in_flight: set[str] = set()  # query ids not answered yet (duplicates are refused)
         self._pending_lock = threading.Lock()
@@ -185,6 +193,15 @@ class QueryProcessor:
     @property
     def depth(self) -> int:
         return self._queue.qsize()
+
+    @property
+    def watching(self) -> bool:
+        """Whether :meth:`expire_overdue` has anything to watch: a query waiting for its frame, or one
+        queued with a deadline (an adapter may stop calling it while this is False)."""
+        if self._awaiting:
+            return True
+        with self._pending_lock:
+            return any(job.deadline is not None for job in self._pending.values())
 
     @property
     def capacity(self) -> int:
@@ -356,6 +373,10 @@ class QueryProcessor:
                     f"{self._queue.maxsize} queries are already waiting; retry later or raise queue_size",
                 )
             )
+            return
+        with self._alone_lock:  # after the put: a run starting alone either sees this job queued or is told here
+            if self._alone is not None and _joins(self._alone, job):
+                self._joined.set()
 
     def expire_overdue(self) -> int:
         """Answer TIMEOUT for queued queries whose deadline passed (call periodically)."""
@@ -413,7 +434,40 @@ class QueryProcessor:
             return False
         return True
 
-    def _run_one(self, job: _Job) -> None:
+    def _may_regroup(self, job: _Job) -> bool:
+        """Whether a run of ``job`` alone may be given up for a batch (see :meth:`_take_batch`'s conditions)."""
+        return self.max_batch > 1 and hasattr(self.engine, "run_batch") and not job.spec.conversation_id
+
+    def _run_one(self, job: _Job, *, regroup: bool = True) -> None:
+        """``job`` alone. ``regroup``: if a query that could share its engine call is queued meanwhile, the
+        run is given up and both (and whatever else joins) are answered by one batch instead."""
+        if regroup and self._may_regroup(job):
+            with self._alone_lock:
+                self._alone = job
+                self._joined.clear()
+                with self._queue.mutex:
+                    if any(_joins(job, other) for other in self._queue.queue):
+                        self._joined.set()
+            try:
+                with interruptible(self._joined.is_set):
+                    self._answer_one(job)
+                return
+            except Interrupted:
+                self.regrouped += 1
+            finally:
+                with self._alone_lock:
+                    self._alone = None
+            with self._intake:  # a group being submitted is queued whole before the batch is taken
+                pass
+            jobs = [j for j in self._take_batch(job, woke=True) if self._still_wanted(j)]
+            if len(jobs) > 1:
+                self._run_batch(jobs)
+            elif jobs:
+                self._answer_one(jobs[0])
+            return
+        self._answer_one(job)
+
+    def _answer_one(self, job: _Job) -> None:
         started = time.monotonic()
         try:
             outcome = self.answer(job.spec, job.frame)
@@ -462,7 +516,7 @@ class QueryProcessor:
                 joins = len(taken) < self.max_batch and job is not None and job.frame is first.frame
                 joins = joins and not job.spec.conversation_id
                 theirs = _generation_options(job.spec) if job is not None else None
-                if joins and (options is None or theirs is None or theirs == options):
+                if joins and _options_agree(options, theirs):
                     taken.append(job)
                     options = options or theirs
                 else:
@@ -496,7 +550,7 @@ class QueryProcessor:
             log.warning("a batch of %d queries failed (%s); retrying them one by one", len(jobs), what)
             for job in jobs:
                 if self._still_wanted(job):
-                    self._run_one(job)
+                    self._run_one(job, regroup=False)
             return
         inference_ms = (time.monotonic() - started) * 1000.0
         for job, outcome in zip(jobs, outcomes, strict=True):
@@ -627,3 +681,14 @@ _TASK_NAMES = {Task.CAPTION: "caption", Task.ASK: "ask", Task.CLASSIFY: "classif
 def _generation_options(spec: QuerySpec) -> tuple[int, int] | None:
     """What a query's generation depends on; None for tasks that generate with fixed options."""
     return (spec.max_new_tokens, spec.num_beams) if spec.task in (Task.CAPTION, Task.ASK) else None
+
+
+def _options_agree(ours: tuple[int, int] | None, theirs: tuple[int, int] | None) -> bool:
+    return ours is None or theirs is None or ours == theirs
+
+
+def _joins(first: _Job, job: _Job | None) -> bool:
+    """Whether queued ``job`` could share ``first``'s engine call (same frame, agreeing options, no conversation)."""
+    if job is None or job.frame is not first.frame or job.spec.conversation_id or first.spec.conversation_id:
+        return False
+    return _options_agree(_generation_options(first.spec), _generation_options(job.spec))
