@@ -121,6 +121,22 @@ class Client:
             self.truths.clear()
         return max(seen, key=lambda t: t["stamp_ns"]) if self.wait(found, timeout) else None
 
+    def wait_for_server(self, timeout: float) -> bool:
+        """Until the server is discovered *and* a goal's answer comes back.
+
+        ``wait_for_server`` sees the server's endpoints from the client's side; the server may not
+        yet have matched the client's response reader, and a goal answered before that is never
+        heard. A goal the server rejects by design (rate 0) is asked until one answer arrives.
+        """
+        end = time.monotonic() + timeout
+        if not self.action.wait_for_server(timeout_sec=timeout):
+            return False
+        while time.monotonic() < end:
+            fut = self.action.send_goal_async(_goal(rate_hz=0.0))
+            if self.wait(fut.done, min(5.0, max(0.0, end - time.monotonic()))):
+                return True
+        return False
+
     def send(self, goal: FollowRegion.Goal, timeout: float = 60.0):
         """(goal handle or None when rejected, feedback list)."""
         feedback: list = []
@@ -190,7 +206,7 @@ def test_follow_through_crossing_and_occlusion_cancel_bad_goals_and_shutdown(chi
                               env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = Client()
     try:
-        assert client.action.wait_for_server(timeout_sec=120), "no ~/follow server"
+        assert client.wait_for_server(120), "no ~/follow server"
         # bad goals are rejected, before any work
         for bad in (_goal(rate_hz=0.0), _goal(time_limit_s=-2.0), _goal(region=Region(kind=Region.BOX))):
             handle, _ = client.send(bad)
@@ -464,3 +480,63 @@ def test_a_clicked_object_is_confirmed_by_its_caption():
     assert engine.calls["refer"] == 0
     assert sum(f.rechecked for f in feedback) == r.rechecks
     assert r.rechecks <= seq.frames // 4
+
+
+# -- rejected goals: the reason reaches the client (an action's REJECT carries none) ---------------
+def test_a_goals_fingerprint_is_the_same_on_both_sides_of_the_wire():
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    from region_perception.ros.follow_server import goal_fingerprint
+
+    g = _goal(rate_hz=0.1, time_limit_s=2.7)  # float64 here, float32 on the wire
+    received = deserialize_message(serialize_message(g), FollowRegion.Goal)
+    assert goal_fingerprint(g) == goal_fingerprint(received)
+    assert goal_fingerprint(g) != goal_fingerprint(_goal(rate_hz=0.2, time_limit_s=2.7))
+
+
+@pytest.mark.slow
+def test_a_rejected_goals_reason_reaches_the_client(child_env):
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from region_perception.ros.follow_server import goal_fingerprint
+
+    server = subprocess.Popen([sys.executable, "-m", "region_perception.ros.follow_server"],
+                              env=child_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    client = Client()
+    try:
+        # the query tool prints the node's reason (no camera: the goal is judged before any frame)
+        for args, reason in ((["--points", "10,10", "--rate", "0"], "rate_hz must be > 0, got 0"),
+                             (["--points", "10,10", "--lost-timeout", "-1"], "lost_timeout_s must be >= 0")):
+            proc = subprocess.run([sys.executable, "-m", "region_perception.ros.query_tool", "follow", *args,
+                                   "--timeout", "120"], env=child_env, capture_output=True, text=True, timeout=300)
+            assert proc.returncode == 1, proc.stdout + proc.stderr
+            assert f"the follow goal was rejected: {reason}" in proc.stderr, proc.stderr
+        # a client of its own finds the WARN status on /diagnostics under its goal's fingerprint
+        statuses: list = []
+        client.node.create_subscription(DiagnosticArray, "/diagnostics",
+                                        lambda m: statuses.extend(s for s in m.status if s.name.endswith(": follow")),
+                                        50)
+        assert client.wait_for_server(120)
+        client.wait(lambda: client.node.count_publishers("/diagnostics") > 0, 30)
+        empty_box = _goal(region=Region(kind=Region.BOX, box=np.array([5, 5, 5, 9], np.float32)))
+        handle, _ = client.send(empty_box)
+        assert handle is None
+        fingerprint = goal_fingerprint(empty_box)
+
+        def reason() -> str:
+            for s in list(statuses):
+                values = {kv.key: kv.value for kv in s.values}
+                if values.get("goal") == fingerprint:
+                    assert s.level == s.WARN and s.message == f"goal rejected: {values['reason']}"
+                    return values["reason"]
+            return ""
+
+        assert client.wait(lambda: bool(reason()), 30), [s.message for s in statuses]
+        assert "is empty" in reason() and "box" in reason()
+        # nothing else was disturbed: a good goal is still accepted
+        handle, _ = client.send(_goal(time_limit_s=0.5))
+        assert handle is not None
+        assert client.result(handle, 120).result.reason == R.LOST  # no camera here: no first frame in 5 s
+    finally:
+        client.close()
+        _stop(server)

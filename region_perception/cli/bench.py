@@ -34,6 +34,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print("[bench] 3D step (depth) ...", file=sys.stderr, flush=True)
     report["depth3d"] = [bench_depth3d()]
     _print_figures(report["depth3d"][-1], args.json)
+    from ..bench.segmenter import bench_segmenter
+
+    print("[bench] segmenter (toy-sam) ...", file=sys.stderr, flush=True)
+    report["segmenter"] = [bench_segmenter("toy-sam")]
+    _print_figures(report["segmenter"][-1], args.json)
+    from ..bench.follow import bench_follow
+
+    print("[bench] following (toy-regionvlm + toy-sam) ...", file=sys.stderr, flush=True)
+    report["follow"] = [bench_follow("toy-regionvlm")]
+    _print_figures(report["follow"][-1], args.json)
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["notes"] = BENCH_NOTES
     if args.out:

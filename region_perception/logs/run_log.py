@@ -4,6 +4,10 @@ Each query is answered by the node's own logic (:meth:`QueryProcessor.answer` on
 engine), on the frame its stamp names (nearest within the tolerance, as the node's frame
 buffer does) or on every Nth frame, and becomes one JSON line with the fields of a
 ``RegionResult`` (masks as size and area; PNGs on request).
+
+:func:`run_follow` follows one object through the log's frames instead (the ``~/follow``
+action's logic, started by a callable the command line gives), one JSON line per frame with
+the fields of the action's feedback.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, TextIO
 
 import numpy as np
@@ -298,3 +303,142 @@ def _write_masks(masks_dir: Path, query_id: str, outcome: Outcome) -> list[str]:
             raise LogError(f"{path}: could not write the mask PNG")
         files.append(str(path))
     return files
+
+
+# -- following one object through a log --------------------------------------------------------------
+def follow_record(update: Any, index: int, stamp_ns: int, frame_id: str, track_id: int,
+                  shape: tuple[int, int], ms: float) -> dict[str, Any]:
+    """One followed frame as JSON: the fields of the action's feedback (masks as size and area)."""
+    mask = update.mask
+    return {
+        "track_id": track_id,
+        "frame_index": index,
+        "header": {"stamp": {"sec": stamp_ns // 1_000_000_000, "nanosec": stamp_ns % 1_000_000_000},
+                   "frame_id": frame_id},
+        "state": update.state if isinstance(update.state, str) else update.state.value,
+        "score": round(float(update.score), 4),
+        "rechecked": bool(update.rechecked),
+        "bbox": roi(list(update.box) if update.box is not None else []),
+        "mask": {"width": int(shape[1]), "height": int(shape[0]),
+                 "area": 0 if mask is None else int(np.count_nonzero(mask))},
+        "ms": round(ms, 2),
+    }
+
+
+def run_follow(
+    reader: LogReader,
+    start: Callable[[np.ndarray, str], Any],
+    out: TextIO,
+    *,
+    topic: str | None = None,
+    start_ns: int = 0,
+    tolerance_s: float = 0.05,
+    masks_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    depth: DepthFeed | None = None,
+    model_name: str = "",
+    weights_random: bool = False,
+) -> dict[str, Any]:
+    """Follow one object through the log's frames; one JSON line per followed frame on ``out``; the summary.
+
+    ``start(image, frame_key)`` starts the follow on the first frame (``tracking.follow.start_track``
+    with the object's region or sentence bound in: the command line does that, as this floor is below
+    the tracking one) and returns its ``Started`` (``track``, ``mask``, ``model_calls``); it raises
+    ValueError when the object cannot be found there. ``start_ns``: the first frame's stamp (nearest
+    within ``tolerance_s``; 0 = the log's first frame). Every later frame is followed, as a camera
+    at the log's rate would be; with ``depth`` each frame with a mask gets the node's 3D step.
+    """
+    topic = reader.image_topic(topic)
+    stamps = [header_stamp_ns(m.data) for m in reader.messages([topic])]
+    summary: dict[str, Any] = {"log": str(reader.path), "topic": topic, "frames": len(stamps), "followed": 0,
+                               "model": model_name, "weights_random": weights_random,
+                               "depth_topic": depth.topic if depth is not None else None}
+    if not stamps:
+        raise LogError(f"{reader.path}: no frames on {topic}")
+    first = 0
+    if start_ns:
+        arr = np.array(stamps, dtype=np.int64)
+        first = int(np.argmin(np.abs(arr - start_ns)))
+        if abs(int(arr[first]) - start_ns) > int(tolerance_s * 1e9):
+            span = f"{arr.min() / 1e9:.3f}..{arr.max() / 1e9:.3f} s"
+            raise LogError(f"no frame within {tolerance_s:g} s of stamp {start_ns / 1e9:.3f} s "
+                           f"(log frames span {span})")
+    summary["start_frame"] = first
+    states: Counter[str] = Counter()
+    scores: list[float] = []
+    ms: list[float] = []
+    started = time.perf_counter()
+    follow = None
+    for index, message in enumerate(reader.messages([topic])):
+        if index < first:
+            continue
+        decoded = reader.decode(message)
+        kind = message.msgtype
+        frame = Frame(stamps[index], str(decoded.header.frame_id), decoded, lambda m, k=kind: decode_frame(m, k))
+        image = frame.image()
+        t0 = time.perf_counter()
+        if follow is None:
+            try:
+                follow = start(image, frame.key)
+            except ValueError as exc:
+                summary.update(error=str(exc), seconds=round(time.perf_counter() - started, 2))
+                out.write(json.dumps({"frame_index": index, "state": "failed", "error": str(exc)}) + "\n")
+                return summary
+            track = follow.track
+            update = SimpleNamespace(state="tracking", mask=follow.mask, score=1.0, rechecked=False,
+                                     box=_mask_box(follow.mask))
+        else:
+            update = track.update(image, image_key=frame.key)
+        took = (time.perf_counter() - t0) * 1000.0
+        rec = follow_record(update, index, frame.stamp_ns, frame.frame_id, track.track_id, image.shape[:2], took)
+        if depth is not None:  # the feedback's 3D fields: has_position false while out of sight
+            if update.mask is not None:
+                rec["header"]["frame_id"] = _locate_mask(depth, frame, update.mask, rec) or frame.frame_id
+            else:
+                rec.update(_location_fields(None))
+        if masks_dir is not None and update.mask is not None:
+            rec["mask_file"] = _write_follow_mask(masks_dir, track.track_id, index, update.mask)
+        out.write(json.dumps(rec) + "\n")
+        states[rec["state"]] += 1
+        scores.append(rec["score"])
+        if index > first:
+            ms.append(took)
+        summary["followed"] += 1
+        if progress is not None:
+            progress(index - first + 1, len(stamps) - first)
+    summary.update(
+        states=dict(states),
+        rechecks=int(track.rechecks),
+        model_calls=int(follow.model_calls[0]),
+        mean_score=round(float(np.mean(scores)), 3) if scores else 0.0,
+        ms_per_frame={"median": round(statistics.median(ms), 2) if ms else None,
+                      "max": round(max(ms), 2) if ms else None},
+        seconds=round(time.perf_counter() - started, 2),
+    )
+    return summary
+
+
+def _mask_box(mask: np.ndarray) -> list[float] | None:
+    ys, xs = np.nonzero(mask)
+    return [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)] if xs.size else None
+
+
+def _locate_mask(depth: DepthFeed, frame: Frame, mask: np.ndarray, rec: dict[str, Any]) -> str:
+    """The node's 3D step for one followed mask: its position fields into ``rec``; the positions' frame."""
+    out = SimpleNamespace(mask=mask, location=None, name="")
+    res = SimpleNamespace(outputs=[out], image_size=mask.shape[:2], notes=[], timings_ms={})
+    frame_id = depth.source_for(frame.stamp_ns).locate(res, frame.stamp_ns, frame.frame_id)
+    rec.update(_location_fields(out.location))
+    if res.notes:
+        rec["notes"] = [str(n) for n in res.notes]
+    return frame_id
+
+
+def _write_follow_mask(masks_dir: Path, track_id: int, index: int, mask: np.ndarray) -> str:
+    import cv2
+
+    masks_dir.mkdir(parents=True, exist_ok=True)
+    path = masks_dir / f"track{track_id}_{index:06d}.png"
+    if not cv2.imwrite(str(path), mask.astype(np.uint8) * 255):
+        raise LogError(f"{path}: could not write the mask PNG")
+    return str(path)

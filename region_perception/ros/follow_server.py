@@ -10,13 +10,16 @@ drops, and while it is out of sight. Listeners that do not send goals get ``~/tr
 The server is not the node: :class:`FollowServer` takes the node, a frame source (the node's
 FrameBuffer) and a callable giving the engine (None while no model is loaded), so a test can
 attach it to a bare node. ``destroy`` ends every goal (result SHUTDOWN) before the action server
-goes. Bad goals (no region, rate <= 0, a negative time limit) are rejected before any work,
-the reason in the log and in :attr:`FollowServer.rejections`.
+goes. Bad goals (no region, rate <= 0, a negative time limit) are rejected before any work; as an
+action's REJECT carries no reason, the reason goes to the log, to :attr:`FollowServer.rejections` and to
+``/diagnostics`` under the goal's fingerprint (:func:`goal_fingerprint`), where the client finds it.
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import threading
 import time
 from collections import deque
@@ -25,21 +28,26 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
 
-import cv2
 import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Point, Vector3
 from rclpy.action import ActionServer, CancelResponse, GoalResponse
 from rclpy.callback_groups import ReentrantCallbackGroup
 from sensor_msgs.msg import RegionOfInterest
+from std_msgs.msg import Header
 from visualization_msgs.msg import Marker, MarkerArray
 
 from region_perception.action import FollowRegion
 from region_perception.msg import Region
 
-from ..service.image_decoding import mask_msg_to_bool
-from ..tracking import ColourModel, Track, TrackConfig, colour_recheck
-from ..tracking.recheck import first_caption, model_recheck
-from .image_conversion import mask_to_msg
+from ..geometry.regions import RegionError
+from ..service.overlay import TrackOutline, draw_tracks
+from ..tracking import Track
+from ..tracking.follow import FollowError, start_track, trained_segmenter
+from ..tracking.follow import initial_mask as tracking_initial_mask
+from .image_conversion import array_to_image_msg, mask_to_msg
+from .messages import region_from_msg
+from .msg_dict import msg_to_dict
 from .spin import Handoff
 
 R = FollowRegion.Result
@@ -53,6 +61,16 @@ class FollowDefaults:
     lost_timeout_s: float = 3.0
     first_frame_wait_s: float = 5.0  # a goal waits this long for its first camera frame
     max_goals: int = 8
+
+
+def goal_fingerprint(goal: Any) -> str:
+    """What names one goal's rejection on ``/diagnostics`` (value ``goal``): a hash of the goal's fields
+    as they travel (serialised and read back, so a client's float64 rate hashes as the server's float32).
+    A client computes it from the goal it sends; the server from the goal it received."""
+    from rclpy.serialization import deserialize_message, serialize_message
+
+    wire = deserialize_message(serialize_message(goal), type(goal))
+    return hashlib.sha1(json.dumps(msg_to_dict(wire), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def goal_problem(goal: Any) -> str:
@@ -86,44 +104,13 @@ def goal_problem(goal: Any) -> str:
 
 
 def initial_mask(image: np.ndarray, region: Any, segmenter: Any = None, key: str = "") -> np.ndarray:
-    """The object's mask on the first frame from the goal's region.
-
-    A mask is taken as given; points, a scribble or a box prompt the segmenter when a trained one
-    is loaded, else the colour under the prompt grows into the connected object-coloured area
-    (clipped to the box). Raises ValueError when nothing is found there.
-    """
-    h, w = image.shape[:2]
-    if region.kind == Region.MASK:
-        mask = mask_msg_to_bool(region.mask, (h, w))
-        if not mask.any():
-            raise ValueError("the mask region is empty")
-        return mask
-    pts = np.array([[p.x, p.y] for p in region.points], np.float32).reshape(-1, 2)
-    box = np.asarray(region.box, np.float32) if region.kind == Region.BOX else None
-    if box is not None:
-        box = np.clip(box, 0, [w, h, w, h])
-        pts = np.array([[(box[0] + box[2]) / 2, (box[1] + box[3]) / 2]], np.float32)
-    if len(pts) and ((pts[:, 0] < 0) | (pts[:, 0] >= w) | (pts[:, 1] < 0) | (pts[:, 1] >= h)).any():
-        raise ValueError(f"a point lies outside the {w}x{h} frame")
-    if segmenter is not None and not getattr(segmenter, "weights_random", True):
-        mask = np.asarray(segmenter.segment(key, image, box=box, points=pts if box is None else None,
-                                            labels=np.ones(len(pts), np.int32) if box is None else None), bool)
-        if mask.any():
-            return mask
-    seed = np.zeros((h, w), bool)
-    for x, y in pts.astype(int):
-        cv2.circle(seed.view(np.uint8), (int(x), int(y)), 2, 1, -1)
-    colour = ColourModel.from_mask(image, seed)
-    grown = colour.refine(image, seed, margin=max(h, w))
-    if box is not None:
-        clip = np.zeros_like(grown)
-        clip[int(box[1]) : int(np.ceil(box[3])), int(box[0]) : int(np.ceil(box[2]))] = True
-        grown &= clip
-    if not grown.any():
-        raise ValueError("no object found under the region")
-    if box is None and grown.mean() > 0.5:
-        raise ValueError("the colour under the region covers most of the frame: the background, not an object")
-    return grown
+    """The object's mask on the first frame from a ``Region`` message (see
+    :func:`region_perception.tracking.follow.initial_mask`). Raises ValueError when nothing is found."""
+    try:
+        core = region_from_msg(region)
+    except RegionError as exc:
+        raise FollowError(str(exc)) from None
+    return tracking_initial_mask(image, core, trained_segmenter(SimpleNamespace(segmenter=segmenter)), key)
 
 
 class _Goal:
@@ -151,6 +138,8 @@ class FollowServer:
         defaults: FollowDefaults | None = None,
         action_name: str = "~/follow",
         tracks_topic: str = "~/tracks",
+        overlay_pub: Any = None,
+        overlay_enabled: Callable[[], bool] = lambda: True,
     ) -> None:
         self.node = node
         self.frames = frames
@@ -158,12 +147,17 @@ class FollowServer:
         self.depth_source = depth_source
         self.defaults = defaults or FollowDefaults()
         self.rejections: deque[str] = deque(maxlen=50)
+        self.overlay_pub = overlay_pub
+        self.overlay_enabled = overlay_enabled
+        self.overlays_drawn = 0
+        self._outlines: dict[int, tuple[int, TrackOutline]] = {}  # track id -> (frame stamp, outline)
         self._goals: dict[int, _Goal] = {}
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._closing = False
         self._group = ReentrantCallbackGroup()
         self.tracks_pub = node.create_publisher(MarkerArray, tracks_topic, 10)
+        self.diag_pub = node.create_publisher(DiagnosticArray, "/diagnostics", 10)  # rejections, with reasons
         self.server = ActionServer(
             node, FollowRegion, action_name, execute_callback=self._execute, goal_callback=self._on_goal,
             cancel_callback=self._on_cancel, callback_group=self._group,
@@ -177,10 +171,26 @@ class FollowServer:
         if not problem and len(self._goals) >= self.defaults.max_goals:
             problem = f"already following {len(self._goals)} objects (max {self.defaults.max_goals})"
         if problem:
-            self.rejections.append(problem)
-            self.node.get_logger().warning(f"follow goal rejected: {problem}")
+            self._reject(goal, problem)
             return GoalResponse.REJECT
         return GoalResponse.ACCEPT
+
+    def _reject(self, goal: Any, problem: str) -> None:
+        """An action's REJECT carries no reason: the reason goes to the log (WARN) and to
+        ``/diagnostics`` (a WARN status ``<node>: follow``, values ``goal`` = :func:`goal_fingerprint`,
+        ``reason``, ``rejected``), where the client that sent the goal finds it."""
+        self.rejections.append(problem)
+        fingerprint = goal_fingerprint(goal)
+        self.node.get_logger().warning(f"follow goal {fingerprint} rejected: {problem}")
+        status = DiagnosticStatus(level=DiagnosticStatus.WARN, name=f"{self.node.get_name()}: follow",
+                                  message=f"goal rejected: {problem}", hardware_id="follow")
+        status.values = [KeyValue(key="goal", value=fingerprint), KeyValue(key="reason", value=problem),
+                         KeyValue(key="rejected", value=str(len(self.rejections)))]
+        try:
+            self.diag_pub.publish(DiagnosticArray(header=Header(stamp=self.node.get_clock().now().to_msg()),
+                                                  status=[status]))
+        except Exception as exc:  # the publisher is gone at shutdown: the log still says why
+            self.node.get_logger().debug(f"rejection not published: {exc}")
 
     def _on_cancel(self, handle: Any) -> CancelResponse:
         with self._lock:
@@ -265,39 +275,16 @@ class FollowServer:
                     result.reason, result.message = R.LOST, f"no camera frame within {d.first_frame_wait_s:g} s"
                 return
         image = first.image()
-        engine = self.engine()
-        segmenter = getattr(engine, "segmenter", None) if engine is not None else None
-        if segmenter is not None and getattr(segmenter, "weights_random", True):
-            segmenter = None  # a random-weight segmenter draws noise; the colour model does better
-        text = goal.text.strip()
-        model_calls = [0]
-        if text:
-            if engine is None:
-                result.reason, result.message = R.FAILED, "a sentence needs the model, and none is loaded"
-                return
-            res = engine.refer(image, text, frame_key=first.key)
-            model_calls[0] += 1
-            mask = res.outputs[0].mask if res.outputs and res.outputs[0].mask is not None else None
-            if mask is None or not mask.any():
-                result.reason, result.message = R.FAILED, f"REFER found nothing for {text!r}"
-                return
-        else:
-            try:
-                mask = initial_mask(image, goal.region, segmenter, first.key)
-            except ValueError as exc:
-                result.reason, result.message = R.FAILED, str(exc)
-                return
-        colour = ColourModel.from_mask(image, mask)
-        recheck = colour_recheck(colour)
-        if engine is not None and not getattr(engine, "weights_random", False):  # random weights cannot judge
-            reference = ""
-            if not text:
-                reference = first_caption(engine, image, mask, first.key)
-                model_calls[0] += 1
-            recheck = model_recheck(engine, colour, reference, text, model_calls)
-        config = TrackConfig(recheck_every=goal.recheck_every or d.recheck_every)
-        track = Track(g.track_id, image, mask, recheck=recheck, segmenter=segmenter,
-                      colour=colour, config=config)
+        try:
+            started_track = start_track(
+                g.track_id, image, region=None if goal.text.strip() else region_from_msg(goal.region),
+                text=goal.text, engine=self.engine(), key=first.key,
+                recheck_every=goal.recheck_every or d.recheck_every,
+            )
+        except (FollowError, RegionError) as exc:
+            result.reason, result.message = R.FAILED, str(exc)
+            return
+        track, mask, model_calls = started_track.track, started_track.mask, started_track.model_calls
         scores: list[float] = []
         self._send(g, first, track, None, mask, 1.0, "tracking", False, result)
         last_ns, unseen_since = first.stamp_ns, None
@@ -353,6 +340,7 @@ class FollowServer:
         g.handle.publish_feedback(fb)
         result.frames += 1
         self._publish_marker(fb, mask)
+        self._publish_overlay(frame, fb.header, TrackOutline(g.track_id, mask, state, float(score)))
 
     def _locate(self, frame: Any, mask: np.ndarray) -> Any:
         if self.depth_source is None:
@@ -361,6 +349,23 @@ class FollowServer:
         res = SimpleNamespace(outputs=[out], image_size=mask.shape[:2], notes=[], timings_ms={})
         self.depth_source.locate(res, frame.stamp_ns, frame.frame_id, getattr(frame, "depth", None))
         return out.location
+
+    # -- the overlay ----------------------------------------------------------------------------
+    def _publish_overlay(self, frame: Any, header: Any, outline: TrackOutline) -> None:
+        """The frame with the outline of every object followed on it (goals that took the same frame;
+        each goal's frame is drawn once it has its mask, so a later goal's overlay has the earlier
+        ones too), only while someone subscribes to the overlay."""
+        with self._lock:
+            self._outlines[outline.track_id] = (frame.stamp_ns, outline)
+            same = [o for stamp, o in self._outlines.values() if stamp == frame.stamp_ns]
+        pub = self.overlay_pub
+        if pub is None or not self.overlay_enabled() or pub.get_subscription_count() == 0:
+            return
+        try:
+            pub.publish(array_to_image_msg(draw_tracks(frame.image(), same), "rgb8", header))
+            self.overlays_drawn += 1
+        except Exception as exc:  # a drawing fault must not end the follow
+            self.node.get_logger().warning(f"follow overlay not drawn: {exc}")
 
     # -- ~/tracks -------------------------------------------------------------------------------
     def _publish_marker(self, fb: Any, mask: np.ndarray | None) -> None:
@@ -383,6 +388,8 @@ class FollowServer:
         self.tracks_pub.publish(MarkerArray(markers=[m]))
 
     def _publish_end(self, track_id: int) -> None:
+        with self._lock:
+            self._outlines.pop(track_id, None)
         try:
             self.tracks_pub.publish(MarkerArray(markers=[Marker(ns="follow", id=track_id, action=Marker.DELETE)]))
         except Exception:  # the publisher is gone at shutdown: nothing to delete it from
@@ -425,6 +432,7 @@ class FollowServer:
         self.stop_all(wait_results=wait_results)
         self.server.destroy()
         self.node.destroy_publisher(self.tracks_pub)
+        self.node.destroy_publisher(self.diag_pub)
 
 
 # -- a bare follower: the server on a node with a camera subscription and no model ---------------
@@ -473,7 +481,8 @@ def main(argv: list[str] | None = None) -> int:
                                       m.header.frame_id, m), qos)
         node.create_subscription(CameraInfo, "depth/camera_info",
                                  lambda m: depth.set_camera_info(m.k, m.width, m.height, m.header.frame_id), qos)
-    server = FollowServer(node, frames, depth_source=depth, defaults=FollowDefaults(lost_timeout_s=args.lost_timeout))
+    server = FollowServer(node, frames, depth_source=depth, defaults=FollowDefaults(lost_timeout_s=args.lost_timeout),
+                          overlay_pub=node.create_publisher(Image, "~/overlay", 2))
     executor = make_executor()
     executor.add_node(node)
     node.get_logger().info("following on ~/follow (no model: colour re-checks)")

@@ -173,11 +173,39 @@ def follow_goal(args: argparse.Namespace):
     return goal
 
 
+class FollowRejections:
+    """The node's reasons for the follow goals it rejected, read from ``/diagnostics`` (an action's
+    REJECT carries none): each rejection is a WARN status ``<node>: follow`` whose value ``goal`` is
+    the goal's fingerprint (``follow_server.goal_fingerprint``) and ``reason`` the reason."""
+
+    def __init__(self, node) -> None:
+        from diagnostic_msgs.msg import DiagnosticArray
+
+        self.reasons: dict[str, str] = {}
+        self.sub = node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diagnostics, 50)
+
+    def _on_diagnostics(self, msg) -> None:
+        for status in msg.status:
+            if status.name.endswith(": follow"):
+                values = {kv.key: kv.value for kv in status.values}
+                if "goal" in values:
+                    self.reasons[values["goal"]] = values.get("reason") or status.message
+
+    def wait_reason(self, node, fingerprint: str, timeout_s: float) -> str:
+        """The reason for the goal of this fingerprint ("" when none came within ``timeout_s``)."""
+        end = time.monotonic() + timeout_s
+        while fingerprint not in self.reasons and time.monotonic() < end:
+            rclpy.spin_once(node, timeout_sec=0.05)
+        return self.reasons.get(fingerprint, "")
+
+
 def follow_main(argv: list[str], rest: list[str]) -> int:
     """``region-perception-query follow "the red circle" --seconds 10``: print each followed frame."""
     from rclpy.action import ActionClient
 
     from region_perception.action import FollowRegion
+
+    from .follow_server import goal_fingerprint
 
     args = build_follow_parser().parse_args(rest)
     try:
@@ -204,16 +232,25 @@ def follow_main(argv: list[str], rest: list[str]) -> int:
 
     with client_node(argv) as node:
         client = ActionClient(node, FollowRegion, f"{args.node}/follow")
+        rejections = FollowRejections(node)  # listening before the goal goes, so its reason is not missed
         if not client.wait_for_server(timeout_sec=args.timeout):
             print(f"region-perception-query: error: no {args.node}/follow server within {args.timeout:g} s",
                   file=sys.stderr)
             return 1
+        end = time.monotonic() + min(args.timeout, 10.0)
+        while rejections.sub.get_publisher_count() == 0 and time.monotonic() < end:
+            rclpy.spin_once(node, timeout_sec=0.05)
         fut = client.send_goal_async(goal, feedback_callback=lambda m: show(m.feedback))
         rclpy.spin_until_future_complete(node, fut, timeout_sec=args.timeout)
         handle = fut.result() if fut.done() else None
-        if handle is None or not handle.accepted:
-            print("region-perception-query: error: the follow goal was rejected (the node's log says why)",
+        if handle is None:
+            print(f"region-perception-query: error: no answer to the follow goal within {args.timeout:g} s",
                   file=sys.stderr)
+            return 1
+        if not handle.accepted:
+            reason = rejections.wait_reason(node, goal_fingerprint(goal), min(args.timeout, 5.0))
+            print("region-perception-query: error: the follow goal was rejected: "
+                  + (reason or "no reason reached this tool (the node's log says why)"), file=sys.stderr)
             return 1
         res_fut = handle.get_result_async()
         try:

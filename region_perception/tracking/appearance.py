@@ -18,7 +18,13 @@ from .tracker import RecheckResult
 
 
 def _lab(image: np.ndarray) -> np.ndarray:
-    return cv2.cvtColor(np.ascontiguousarray(image, dtype=np.uint8), cv2.COLOR_RGB2LAB).astype(np.float32)
+    """Lab of an RGB image (H, W, 3) or of a list of RGB pixels (N, 3), float32, same shape."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    if image.ndim == 2:  # pixels: converted one by one, as the image's would be
+        if not len(image):
+            return np.zeros((0, 3), np.float32)
+        return cv2.cvtColor(image.reshape(-1, 1, 3), cv2.COLOR_RGB2LAB).reshape(-1, 3).astype(np.float32)
+    return cv2.cvtColor(image, cv2.COLOR_RGB2LAB).astype(np.float32)
 
 
 def _disk(radius: int) -> np.ndarray:
@@ -54,40 +60,55 @@ class ColourModel:
         core = cv2.erode(mask.astype(np.uint8), _disk(1)).astype(bool)
         if core.sum() < 10:
             core = mask
-        pixels = _lab(image)[core]
+        pixels = _lab(image[core])
         mean = np.median(pixels, axis=0)
         d = _weighted(pixels - mean)
+        # The object is the mask's majority colour. A mask that spilled onto a neighbour or the
+        # background (a segmenter's click mask often does) must not stretch the threshold out to
+        # their colours: only pixels near the median colour say how much the object's own vary.
+        own = d <= max(min_threshold, 3.0 * float(np.median(d)))
+        mean = np.median(pixels[own], axis=0)
+        d = _weighted(pixels[own] - mean)
         return cls(mean, max(min_threshold, 2.0 * float(np.percentile(d, 95))), float(mask.sum()), min_threshold)
 
     def distance(self, image: np.ndarray) -> np.ndarray:
+        """Each pixel's colour distance to the object's (an image, or a list of pixels)."""
         return _weighted(_lab(image) - self.mean)
 
-    def match(self, image: np.ndarray) -> np.ndarray:
-        """Pixels of the object's colour."""
-        return self.distance(image) < self.threshold
+    def match(self, image: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
+        """Pixels of the object's colour; with ``where`` (a bool mask) only those are looked at (the
+        rest False): at a camera's resolution a mask's pixels cost far less than the frame's."""
+        if where is None:
+            return self.distance(image) < self.threshold
+        where = np.asarray(where, bool)
+        out = np.zeros(where.shape, bool)
+        out[where] = self.distance(image[where]) < self.threshold
+        return out
 
     def agreement(self, image: np.ndarray, mask: np.ndarray) -> float:
         """Fraction of the mask's pixels that have the object's colour (0 for an empty mask)."""
         mask = np.asarray(mask, bool)
         n = int(mask.sum())
-        return float((self.distance(image)[mask] < self.threshold).sum()) / n if n else 0.0
+        return float((self.distance(image[mask]) < self.threshold).sum()) / n if n else 0.0
 
     def refine(self, image: np.ndarray, guide: np.ndarray, margin: int = 4) -> np.ndarray:
         """The object's colour where ``guide`` (a flow-moved mask) lies: every object-coloured
         component that touches it, whole (within a window around it), so pixels a moving occluder
         uncovers beyond the guide are kept, not clipped away frame after frame."""
         guide = np.asarray(guide, bool)
-        ys, xs = np.nonzero(guide)
-        if not xs.size:
+        rows, cols = np.flatnonzero(guide.any(axis=1)), np.flatnonzero(guide.any(axis=0))
+        if not rows.size:
             return guide
-        grow = max(int(margin), int(0.5 * max(xs.max() - xs.min(), ys.max() - ys.min())) + 1)
-        window = np.zeros_like(guide)
-        window[max(0, ys.min() - grow) : ys.max() + grow + 1, max(0, xs.min() - grow) : xs.max() + grow + 1] = True
-        near = cv2.dilate(guide.astype(np.uint8), _disk(1)).astype(bool)
-        out = np.zeros_like(guide)
-        for comp in components(self.match(image) & window):
+        grow = max(int(margin), int(0.5 * max(cols[-1] - cols[0], rows[-1] - rows[0])) + 1)
+        y0, y1 = max(0, rows[0] - grow), rows[-1] + grow + 1
+        x0, x1 = max(0, cols[0] - grow), cols[-1] + grow + 1
+        near = cv2.dilate(guide[y0:y1, x0:x1].astype(np.uint8), _disk(1)).astype(bool)
+        found = np.zeros(near.shape, bool)
+        for comp in components(self.match(image[y0:y1, x0:x1])):  # within the window only
             if (comp & near).any():
-                out |= comp
+                found |= comp
+        out = np.zeros_like(guide)
+        out[y0:y1, x0:x1] = found
         return out
 
     def search(
@@ -130,8 +151,11 @@ def colour_recheck(model: ColourModel, min_fraction: float = 0.15, min_agreement
 
     def recheck(image: np.ndarray, mask: np.ndarray | None, near: tuple[float, float] | None) -> RecheckResult:
         if mask is not None and mask.any():
+            # confirming the mask in hand: keep its part of the object's colour, never grow it (growing
+            # by colour would take in a touching object of the same colour, the identity switch)
             a = model.agreement(image, mask)
-            return RecheckResult(a >= min_agreement, model.refine(image, mask) if a >= min_agreement else None, a)
+            kept = model.match(image, mask)
+            return RecheckResult(a >= min_agreement, kept if a >= min_agreement and kept.any() else None, a)
         found = model.search(image, near, min_fraction)
         if found is None:
             return RecheckResult(False, None, 0.0, "no candidate of the object's colour")

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .propagate import Box, mask_box, propagate
+from .propagate import Box, centroid, mask_box, propagate
 
 
 class TrackState(str, Enum):
@@ -154,5 +154,4 @@ class Track:
 
 
 def _center(mask: np.ndarray) -> tuple[float, float] | None:
-    ys, xs = np.nonzero(mask)
-    return (float(xs.mean()), float(ys.mean())) if xs.size else None
+    return centroid(mask)
