@@ -29,6 +29,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(f"[bench] node: {model} ...", file=sys.stderr, flush=True)
             report["node"].append(bench_node(model, Path(args.work_dir)))
             _print_figures(report["node"][-1], args.json)
+        from ..ros.bench_follow_node import bench_follow_node
+
+        print("[bench] node following three objects (toy-regionvlm + toy-sam) ...", file=sys.stderr, flush=True)
+        report["node"].append(bench_follow_node(Path(args.work_dir)))
+        _print_figures(report["node"][-1], args.json)
     from ..bench.engine import bench_depth3d
 
     print("[bench] 3D step (depth) ...", file=sys.stderr, flush=True)
