@@ -280,7 +280,10 @@ def to_markdown(report: dict[str, Any]) -> str:
         "",
     ]
     shown: list[list[str]] = []
-    for section in report["engine"] + report.get("node", []) + report.get("depth3d", []) + report.get("segmenter", []):
+    sections = report["engine"] + report.get("node", [])
+    for extra in ("depth3d", "segmenter", "follow"):
+        sections += report.get(extra, [])
+    for section in sections:
         title = section.get("title") or section["model"] + (" (engine)" if "load_s" in section else " (node)")
         lines += [f"## {title}", "", "| figure | value | goal | met | details |", "|---|---|---|---|---|"]
         for f in section["figures"]:

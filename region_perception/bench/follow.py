@@ -140,7 +140,7 @@ def bench_follow(model: str = "toy-regionvlm", sequences: int = 2, seed: int = 1
         "segmenter or the colour model, and the re-check when due); three objects: the three updates of one frame "
         "together, the share of a 30 Hz frame that following takes on one core. `start ms`: a goal's start (the "
         "colour model, with a model its first caption). J: mean IoU with the truth, 0 on frames where the object "
-        "is reported out of sight. The node's received camera rate while following is the node bench's."
+        "is reported out of sight. The node's received camera rate while following: the section after this one."
     ]
     return {"model": f"follow {model}{weights}",
             "title": f"Following objects: {model} (segmenter {segmenter}){weights}",

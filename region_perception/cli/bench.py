@@ -16,6 +16,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     report: dict[str, Any] = {"machine": machine(), "engine": [], "node": []}
+    follow_node: dict[str, Any] | None = None  # the node while it follows: printed beside the following section
     for model in args.model or ["tiny-regionvlm", "tiny-florence2", "bench-regionvlm"]:
         if model == "none":  # --model none: node figures only
             continue
@@ -32,8 +33,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         from ..ros.bench_follow_node import bench_follow_node
 
         print("[bench] node following three objects (toy-regionvlm + toy-sam) ...", file=sys.stderr, flush=True)
-        report["node"].append(bench_follow_node(Path(args.work_dir)))
-        _print_figures(report["node"][-1], args.json)
+        follow_node = bench_follow_node(Path(args.work_dir))
+        _print_figures(follow_node, args.json)
     from ..bench.engine import bench_depth3d
 
     print("[bench] 3D step (depth) ...", file=sys.stderr, flush=True)
@@ -47,8 +48,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..bench.follow import bench_follow
 
     print("[bench] following (toy-regionvlm + toy-sam) ...", file=sys.stderr, flush=True)
-    report["follow"] = [bench_follow("toy-regionvlm")]
-    _print_figures(report["follow"][-1], args.json)
+    report["follow"] = [bench_follow("toy-regionvlm")] + ([follow_node] if follow_node else [])
+    _print_figures(report["follow"][0], args.json)
     report["seconds"] = round(time.perf_counter() - started, 1)
     report["notes"] = BENCH_NOTES
     if args.out:

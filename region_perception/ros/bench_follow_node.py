@@ -164,6 +164,7 @@ def bench_follow_node(out_dir: Path, model: str = "toy-regionvlm", rate_hz: floa
                 "frames": frames}),
     ]
     return {"model": f"node following {len(clicks)} objects ({model}, toy-sam)",
+            "title": f"Node while following {len(clicks)} objects: {model} (toy-sam), 30 Hz 640x480 camera",
             "figures": [asdict(f) for f in figures], "notes": FOLLOW_NODE_NOTES}
 
 
