@@ -31,6 +31,8 @@ from region_perception.service.depth_source import DepthSource
 from region_perception.service.frame_buffer import Frame, FrameBuffer
 from region_perception.service.query_processor import QueryProcessor, QuerySpec
 
+from .helpers.waiting import wait_until
+
 W, H = 640, 480
 K = synthetic_intrinsics(W, H)
 BACKGROUND_M = 6.0
@@ -298,15 +300,6 @@ class MaskEngine:
 
     def __init__(self) -> None:
         self.batches: list[int] = []
-
-
-def wait_until(predicate, timeout=60.0) -> bool:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def _box_of(mask) -> BoxRegion:

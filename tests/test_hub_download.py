@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from region_perception.models.sam import build_tiny_hf_sam
 from region_perception.testing.hub import DEFAULT_SEGMENTER_REPO, SNAP_REPO, Hub, add_tiny_repos
 
 FLORENCE = "florence-community/Florence-2-base"  # the shipped default, served as the tiny Florence-2
@@ -276,32 +277,12 @@ def test_segmenter_and_snap_model_come_from_the_hub_pinned(hub, child_env, tmp_p
     assert line.startswith("region-perception: error: could not load segmenter") and "(unknown_revision)" in line
 
 
-def _tiny_transformers_sam(out: Path) -> Path:
-    """A transformers SamModel directory at toy size (random weights), as facebook/sam-vit-base is laid out."""
-    import torch
-    from transformers import SamConfig, SamImageProcessor, SamModel, SamProcessor
-    from transformers.models.sam.configuration_sam import SamMaskDecoderConfig, SamVisionConfig
-
-    torch.manual_seed(0)
-    vision = SamVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, output_channels=32,
-                             global_attn_indexes=[1], mlp_dim=64, image_size=256, window_size=4, num_pos_feats=16)
-    decoder = SamMaskDecoderConfig(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32)
-    config = SamConfig(vision_config=vision, mask_decoder_config=decoder.to_dict(),
-                       prompt_encoder_config={"hidden_size": 32, "image_size": 256, "image_embedding_size": 16})
-    SamModel(config).save_pretrained(out)
-    SamProcessor(SamImageProcessor(size={"longest_edge": 256}, pad_size={"height": 256, "width": 256})).save_pretrained(
-        out
-    )
-    (out / "RANDOM_WEIGHTS").write_text("test model")
-    return out
-
-
 def test_a_configuration_with_a_hub_segmenter_is_downloaded_then_runs_offline(hub, child_env, tmp_path, image_file):
     """models --download --config fetches the model and the hf-sam segmenter at its pinned tag; offline, both load."""
     import yaml
 
     sam_id = "facebook/sam-vit-base"
-    commit = hub.add_repo(sam_id, _tiny_transformers_sam(tmp_path / "sam"), tags=("v1",))
+    commit = hub.add_repo(sam_id, build_tiny_hf_sam(tmp_path / "sam"), tags=("v1",))
     hub.add_repo(sam_id, {"config.json": b"{}"})  # a newer main the pinned tag must not pick up
     params = {"model": BLIP, "segmenter": sam_id, "segmenter_backend": "hf-sam", "segmenter_revision": "v1"}
     config = tmp_path / "robot.yaml"

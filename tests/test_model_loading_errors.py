@@ -28,6 +28,8 @@ from region_perception.models.loading import load_region_model, load_segmenter, 
 from region_perception.models.registry import DEFAULT_MODEL, MODELS, offline_fallback
 from region_perception.models.sources import REASONS, ModelLoadError
 
+from .helpers.in_process_node import InProcessNodes
+
 CPU = torch.device("cpu")
 
 
@@ -335,30 +337,15 @@ def test_the_installed_cli_exits_2_on_the_issue_example(image_file, child_env):
 @pytest.fixture()
 def make_node():
     """A node in this process with its publishers captured; shut down after the test."""
-    import rclpy
-    from rclpy.parameter import Parameter
-
-    from region_perception.ros.node import RegionPerceptionNode
-
-    made = []
+    nodes = InProcessNodes(max_new_tokens=2)
 
     def make(**params):
-        context = rclpy.Context()
-        rclpy.init(context=context)
-        overrides = [Parameter(k, value=v) for k, v in {"max_new_tokens": 2, **params}.items()]
-        node = RegionPerceptionNode(context=context, parameter_overrides=overrides)
-        made.append((node, context))
-        assert node.trigger_configure() is not None
-        node.published, node.diagnostics = [], []
-        node.results_pub.publish = node.published.append
-        node.diag_pub.publish = node.diagnostics.append
+        node = nodes.make(**params)
+        assert node.configured is not None
         return node
 
     yield make
-    for node, context in made:
-        node._unload("test over")
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+    nodes.close()
 
 
 def node_status(node):

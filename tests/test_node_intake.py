@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import struct
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -29,6 +28,9 @@ from region_perception.ros.image_conversion import (
     mask_msg_to_bool,
     mask_to_msg,
 )
+
+from .helpers.in_process_node import InProcessNodes
+from .helpers.waiting import wait_until
 
 LONG = 120.0  # generous: loading a tiny model on a busy 2-core machine
 RNG = np.random.default_rng(7)
@@ -132,15 +134,6 @@ def test_image_and_depth_messages_survive_serialization():
 # -- topics read on a thread of their own ----------------------------------------------------------------
 
 
-def wait_until(predicate, timeout=LONG) -> bool:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 @pytest.fixture()
 def context():
     import rclpy
@@ -198,30 +191,9 @@ def test_the_reader_takes_every_message_on_its_thread_and_the_executor_none(cont
 @pytest.fixture()
 def make_node():
     """A node in this process (tiny model, no warm-up), its results captured; shut down after the test."""
-    import rclpy
-    from rclpy.parameter import Parameter
-
-    from region_perception.ros.node import RegionPerceptionNode
-
-    made = []
-
-    def make(**params):
-        context = rclpy.Context()
-        rclpy.init(context=context)
-        values = {"model": "tiny-regionvlm", "max_new_tokens": 2, "warm_up": False, **params}
-        overrides = [Parameter(k, value=v) for k, v in values.items()]
-        node = RegionPerceptionNode(context=context, parameter_overrides=overrides)
-        made.append((node, context))
-        node.trigger_configure()
-        node.published = []
-        node.results_pub.publish = node.published.append
-        return node
-
-    yield make
-    for node, context in made:
-        node._unload("test over")
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+    nodes = InProcessNodes(model="tiny-regionvlm", max_new_tokens=2, warm_up=False)
+    yield nodes.make
+    nodes.close()
 
 
 def caption_query(qid: str, **fields) -> RegionQuery:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
@@ -13,6 +12,8 @@ from region_perception.engine import TaskError
 from region_perception.geometry.regions import PointsRegion, RegionError
 from region_perception.service.frame_buffer import Frame, FrameBuffer, FrameLookupError
 from region_perception.service.query_processor import QueryProcessor, QuerySpec
+
+from .helpers.waiting import wait_until
 
 IMAGE = np.zeros((20, 30, 3), dtype=np.uint8)
 
@@ -71,16 +72,6 @@ def make(engine=None, queue_size=8, **kw):
     frames = FrameBuffer(capacity=3, tolerance_s=0.01)
     proc = QueryProcessor(engine or FakeEngine(), frames, outcomes.append, queue_size=queue_size, **kw)
     return proc, frames, outcomes
-
-
-def wait_until(predicate, timeout=30.0) -> bool:
-    """Until ``predicate()`` holds (polled), at most ``timeout`` s: a condition, never a fixed sleep."""
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def wait_for(outcomes, n, timeout=30.0):

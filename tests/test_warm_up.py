@@ -8,10 +8,12 @@ the test, that a node served by an executor answers at once ("warming up") while
 from __future__ import annotations
 
 import threading
-import time
 
 import numpy as np
 import pytest
+
+from .helpers.in_process_node import InProcessNodes
+from .helpers.waiting import wait_until
 
 LONG = 120.0  # generous: loading a tiny model on a busy 2-core machine
 
@@ -50,33 +52,9 @@ def test_engine_warm_up_skips_ask_for_a_model_that_does_not_answer_questions(eng
 @pytest.fixture()
 def make_node():
     """A node in this process (tiny model), its results and diagnostics captured; shut down after the test."""
-    import rclpy
-    from rclpy.parameter import Parameter
-
-    from region_perception.ros.node import RegionPerceptionNode
-
-    made = []
-
-    def make(**params):
-        context = rclpy.Context()
-        rclpy.init(context=context)
-        values = {"model": "tiny-regionvlm", "max_new_tokens": 2, **params}
-        overrides = [Parameter(k, value=v) for k, v in values.items()]
-        node = RegionPerceptionNode(context=context, parameter_overrides=overrides)
-        made.append((node, context))
-        node.trigger_configure()
-        node.published, node.diagnostics = [], []
-        node.results_pub.publish = node.published.append
-        node.diag_pub.publish = node.diagnostics.append
-        return node
-
-    yield make
-    for node, context in made:
-        node._unload("test over")
-        if node._warm_thread is not None:
-            node._warm_thread.join(LONG)
-        node.destroy_node()
-        rclpy.shutdown(context=context)
+    nodes = InProcessNodes(model="tiny-regionvlm", max_new_tokens=2)
+    yield nodes.make
+    nodes.close()
 
 
 def diagnostics(node) -> tuple[str, dict[str, str]]:
@@ -100,15 +78,6 @@ def caption_query(qid: str):
 
     region = Region(kind=Region.POINTS, points=[Point32(x=20.0, y=20.0)])
     return RegionQuery(query_id=qid, task=RegionQuery.CAPTION, regions=[region])
-
-
-def wait_until(predicate, timeout=LONG) -> bool:
-    end = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > end:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def test_activation_at_start_warms_up_before_it_returns_at_the_camera_size(make_node, monkeypatch):

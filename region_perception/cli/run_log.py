@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,16 +103,7 @@ def run(args: argparse.Namespace) -> int:
         default_labels=read_vocabulary(vocabulary),
         vocabulary_name=vocabulary_display_name(vocabulary),
     )
-    bar = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(desc="run-log", unit="query", file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.total = total
-            bar.update(done - bar.n)
+    bar, progress = _progress_bar("run-log", "query", enabled=not args.no_progress)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("w") as out:
@@ -193,16 +185,7 @@ def _follow(args: argparse.Namespace, reader: Any, topic: str, tolerance: float,
 
     if engine is not None and engine.weights_random:
         print("*** RANDOM WEIGHTS: the model does not judge the follow (colour re-checks) ***", file=sys.stderr)
-    bar = None
-    if not args.no_progress:
-        from tqdm import tqdm
-
-        bar = tqdm(desc="follow", unit="frame", file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        if bar is not None:
-            bar.total = total
-            bar.update(done - bar.n)
+    bar, progress = _progress_bar("follow", "frame", enabled=not args.no_progress)
 
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with out_path.open("w") as out:
@@ -219,3 +202,19 @@ def _follow(args: argparse.Namespace, reader: Any, topic: str, tolerance: float,
         Path(args.summary).write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary), file=sys.stderr)
     return 3 if "error" in summary else 0
+
+
+def _progress_bar(desc: str, unit: str, enabled: bool) -> tuple[Any, Callable[[int, int], None]]:
+    """A tqdm bar on stderr (None when not ``enabled``) and the ``progress(done, total)`` callback that moves it."""
+    bar = None
+    if enabled:
+        from tqdm import tqdm
+
+        bar = tqdm(desc=desc, unit=unit, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        if bar is not None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+    return bar, progress
