@@ -121,9 +121,12 @@ def test_questions_cover_the_four_kinds_and_refer_names_its_target():
 def test_refer_asks_about_an_object_the_node_can_propose(tmp_path):
     """The node drops proposals smaller than its filter's minimum: REFER targets a larger object."""
     from region_perception.geometry.proposals import ProposalFilter
+    from region_perception.training.toys import TOY_SETTINGS
 
-    assert proposal_min_area(TOY_PARAMS) == 0.005  # toy-regionvlm's own: toy-sam proposals of small shapes
-    assert proposal_min_area(TOY_PARAMS, "toy-regiongpt") == 0.005
+    own = TOY_SETTINGS["proposal_filter"]["min_area_fraction"]  # the toys' own: toy-sam proposals of small shapes
+    assert own < ProposalFilter().min_area_fraction
+    assert proposal_min_area(TOY_PARAMS) == own
+    assert proposal_min_area(TOY_PARAMS, "toy-regiongpt") == own
     assert proposal_min_area(TOY_PARAMS.parent / "default.yaml") == ProposalFilter().min_area_fraction
     params = tmp_path / "p.yaml"
     params.write_text("region_perception:\n  ros__parameters:\n    model: toy-regionvlm\n    proposal_filter:\n"

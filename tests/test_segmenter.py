@@ -21,6 +21,7 @@ from region_perception.evaluation.segment import (
     clicks_to_reach,
     correction_click,
     evaluate_segmenter,
+    interactive_answer,
     interior_point,
 )
 from region_perception.models.loading import load_segmenter
@@ -76,6 +77,34 @@ def test_proposals_on_a_frame_larger_than_the_input_share_its_embedding_and_cove
     assert on_a.shape == (480, 640) and iou(on_a, truth[0]) >= 0.8  # clicks still answer at the frame's size
 
 
+def test_the_interactive_loop_feeds_the_previous_answer_back():
+    """SAM's interactive loop on the packaged toy-sam: a correction answered with the previous logits as the
+    mask prompt differs from the same clicks answered cold (the prompt is read), and ``eval segment``'s
+    protocol hands each answer's logits to the next one."""
+    image, objects = syn.scene([("red", "circle", (40, 62), 16), ("blue", "square", (78, 66), 14)],
+                               background="texture", seed=1)
+    seg = load_segmenter("toy-sam", "sam", FeatureCache(2), torch.device("cpu"))
+    first = interior_point(objects[0].mask)[None]
+    mask, logits = seg.segment_interactive("scene", image, points=first, labels=np.ones(1), prior=None)
+    assert mask.shape == image.shape[:2] and logits.shape == (64, 64)  # the 16 x 16 grid's low-resolution logits
+    both = np.concatenate([first, interior_point(objects[1].mask)[None]])
+    _, warm = seg.segment_interactive("scene", image, points=both, labels=np.array([1, 0]), prior=logits)
+    _, cold = seg.segment_interactive("scene", image, points=both, labels=np.array([1, 0]), prior=None)
+    assert np.abs(warm - cold).max() > 0.1
+
+    seen: list = []
+
+    class Recording:
+        def segment_interactive(self, key, image, *, points, labels, prior):
+            seen.append(prior)
+            return np.zeros(image.shape[:2], bool), np.full((4, 4), float(len(points)))
+
+    answer = interactive_answer(Recording(), "k", image)
+    for n in (1, 2, 3):
+        answer(np.zeros((n, 2)), np.ones(n))
+    assert seen[0] is None and seen[1][0, 0] == 1.0 and seen[2][0, 0] == 2.0
+
+
 # ---------------------------------------------------------------- training
 
 
@@ -101,6 +130,20 @@ def test_training_writes_a_loadable_trained_directory(tmp_path, world):
     image = load_dataset(world, "val").read_image(next(iter(load_dataset(world, "val").images)))
     assert seg.segment("k", image, points=np.array([[10.0, 10.0], [30.0, 30.0]]), labels=np.array([1, 0])).shape \
         == image.shape[:2]
+
+
+def test_correction_prompts_train_the_mask_prompt_branch(world):
+    """The click-plus-corrections prompts are answered as SAM's loop does, with the previous answer's logits
+    as the mask prompt: the mask-prompt branch gets a gradient (none when the logits were not passed)."""
+    from region_perception.training.segmenter import MaskSampler, SamTrainer, make_batch
+
+    cfg = _cfg(world, Path("unused"), box_fraction=0.0, correction_fraction=1.0, max_corrections=2)
+    sam = build_sam_from_config(cfg.arch)
+    batch = make_batch(MaskSampler(load_dataset(world, "train"), cfg.arch["img_size"]), cfg,
+                       np.random.default_rng(0))
+    SamTrainer(sam, cfg)(batch).backward()
+    grads = [p.grad for p in sam.prompt_encoder.mask_downscaling.parameters()]
+    assert all(g is not None for g in grads) and sum(float(g.abs().sum()) for g in grads) > 0
 
 
 def test_resume_continues_to_the_same_weights(tmp_path, world, monkeypatch):
@@ -214,7 +257,13 @@ def test_the_command_line_trains_and_measures_a_segmenter(tmp_path, world, capsy
     args = ["train", "--stage", "segmenter", "--model", "my-sam", "--data", str(world), "--out", str(out),
             "--steps", "2", "--batch-size", "2", "--eval-limit", "0", "--device", "cpu", "--no-progress", "--json"]
     assert main(args) == 0
-    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["steps"] == 2
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert summary["steps"] == 2
+    # a Sam from scratch gets the segmenter's own recipe, not the region stage's fine-tuning defaults
+    assert summary["lr"] == SegmenterTrainConfig.lr and summary["box_fraction"] == SegmenterTrainConfig.box_fraction
+    region = ["train", "--model", "toy-regionvlm", "--data", str(world), "--out", str(tmp_path / "region")]
+    assert main([*region, "--box-fraction", "0.5"]) == 2  # a segmenter flag on another stage
+    assert not (tmp_path / "region").exists()
     assert main(["eval", "segment", "--dataset", str(world), "--model", str(out), "--limit", "2", "--json",
                  "--no-progress"]) == 0
     summary = json.loads(capsys.readouterr().out)

@@ -215,6 +215,17 @@ def test_the_transformers_sam_answers_clicks_boxes_and_proposals_from_one_embedd
     assert info.value.reason == "unknown_architecture"
 
 
+def test_the_transformers_sam_reads_the_previous_answer_as_its_mask_prompt(tiny_hf_sam):
+    seg = load_segmenter(str(tiny_hf_sam), "hf-sam", FeatureCache(2), CPU)
+    image = scene()
+    mask, logits = seg.segment_interactive("k", image, points=CLICK, labels=np.ones(1), prior=None)
+    assert mask.shape == SIZE and logits.ndim == 2
+    clicks = np.array([[60.0, 50.0], [100.0, 20.0]])
+    _, warm = seg.segment_interactive("k", image, points=clicks, labels=np.array([1, 0]), prior=logits)
+    _, cold = seg.segment_interactive("k", image, points=clicks, labels=np.array([1, 0]), prior=None)
+    assert warm.shape == logits.shape and not np.allclose(warm, cold)
+
+
 def test_auto_loads_a_segment_anything_sam_through_segment_anything():
     from region_perception.models.sam import SegmentAnythingSegmenter
 

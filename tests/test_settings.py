@@ -280,7 +280,11 @@ def test_the_node_on_the_default_yaml_takes_a_toys_own_settings(tmp_path):
         assert result.status == 0, result.error
         assert result.outputs[0].label in ("circle", "square", "triangle", "star")  # the toy's own vocabulary
         lines = set(result.settings)
-        assert "proposal_filter.min_area_fraction=0.005 (model)" in lines and "segmenter=toy-sam (model)" in lines
+        from region_perception.training.toys import TOY_SETTINGS
+
+        own_min_area = TOY_SETTINGS["proposal_filter"]["min_area_fraction"]
+        assert f"proposal_filter.min_area_fraction={own_min_area} (model)" in lines and "segmenter=toy-sam (model)" \
+            in lines
         assert "refer_draws=3 (config)" in lines and "model=toy-regiongpt (config)" in lines, lines
         assert not result.weights_random
         assert client.wait(lambda: "(model)" in client.diagnostic_values().get("settings", ""), timeout=60)

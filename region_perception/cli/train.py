@@ -13,6 +13,10 @@ from pathlib import Path
 
 from .common import CliError, print_summary
 
+# the region and vision stages' defaults (the segmenter's are its SegmenterTrainConfig's: toy-sam's recipe)
+REGION_DEFAULTS = {"batch_size": 16, "lr": 1e-4, "weight_decay": 0.0, "warmup_ratio": 0.03}
+SEGMENTER_ONLY = ("prompts_per_image", "box_fraction", "correction_fraction", "max_corrections", "box_jitter")
+
 
 def add_parser(sub) -> None:
     """Register ``train`` on the main parser's subcommands."""
@@ -28,11 +32,23 @@ def add_parser(sub) -> None:
     n = p.add_mutually_exclusive_group()
     n.add_argument("--steps", type=int, help="optimizer steps")
     n.add_argument("--epochs", type=float, help="passes over the training rows (instead of --steps)")
-    p.add_argument("--batch-size", dest="batch_size", type=int, default=16, help="rows per process per micro-batch")
+    p.add_argument("--batch-size", dest="batch_size", type=int,
+                   help="rows (segmenter: images) per process per micro-batch (default 16; segmenter 8)")
     p.add_argument("--grad-accum", dest="grad_accum", type=int, default=1, help="micro-batches per optimizer step")
-    p.add_argument("--lr", type=float, default=1e-4)
-    p.add_argument("--weight-decay", dest="weight_decay", type=float, default=0.0)
-    p.add_argument("--warmup-ratio", dest="warmup_ratio", type=float, default=0.03)
+    p.add_argument("--lr", type=float, help="peak learning rate (default 1e-4; segmenter, from scratch: 2e-3)")
+    p.add_argument("--weight-decay", dest="weight_decay", type=float, help="AdamW weight decay (default 0; "
+                                                                          "segmenter 0.05)")
+    p.add_argument("--warmup-ratio", dest="warmup_ratio", type=float, help="warm-up share of the steps (default "
+                                                                          "0.03; segmenter 0.05)")
+    seg = p.add_argument_group("segmenter stage (the defaults are toy-sam's recipe)")
+    seg.add_argument("--prompts-per-image", dest="prompts_per_image", type=int, help="objects prompted per image")
+    seg.add_argument("--box-fraction", dest="box_fraction", type=float, help="share of prompts that are boxes")
+    seg.add_argument("--correction-fraction", dest="correction_fraction", type=float,
+                     help="share of prompts that are a click plus correction clicks (SAM's interactive loop)")
+    seg.add_argument("--max-corrections", dest="max_corrections", type=int,
+                     help="correction clicks of such a prompt: 1 to this many")
+    seg.add_argument("--box-jitter", dest="box_jitter", type=float,
+                     help="each box side moved by up to this share of the box's size")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--split", default="train", help="training split (default train)")
     p.add_argument("--val-split", dest="val_split", default="val", help="evaluation split (default val)")
@@ -80,6 +96,12 @@ def run(args: argparse.Namespace) -> int:
         raise CliError("--eval-limit must be 0 or more")
     if args.stage == "segmenter":
         return _run_segmenter(args)
+    given = [f"--{k.replace('_', '-')}" for k in SEGMENTER_ONLY if getattr(args, k) is not None]
+    if given:
+        raise CliError(f"{', '.join(given)}: only --stage segmenter takes these")
+    for key, value in REGION_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     cfg = TrainConfig(
         model=args.model, data=args.data, tasks=args.tasks.split(","), out=Path(args.out),
         train=[g.strip() for g in args.train.split(",") if g.strip()] if args.train else None,
@@ -116,9 +138,12 @@ def _run_segmenter(args: argparse.Namespace) -> int:
     extra = {"steps": args.steps} if args.steps else {}
     if args.epochs:
         raise CliError("--stage segmenter counts --steps, not --epochs")
+    for key in ("batch_size", "lr", "weight_decay", "warmup_ratio", *SEGMENTER_ONLY):
+        if getattr(args, key) is not None:
+            extra[key] = getattr(args, key)
     cfg = SegmenterTrainConfig(
-        data=args.data, out=Path(args.out), model=args.model, batch_size=args.batch_size, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed, resume=args.resume,
+        data=args.data, out=Path(args.out), model=args.model, seed=args.seed, grad_accum=args.grad_accum,
+        resume=args.resume,
         overwrite=args.overwrite, split=args.split, val_split=args.val_split, eval_limit=args.eval_limit,
         save_every=args.save_every, device=args.device, progress=args.progress, **extra,
     )

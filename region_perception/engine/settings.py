@@ -33,6 +33,7 @@ MODEL_SETTINGS_KEY = "settings"  # in region_perception.json
 MODEL_OWN = frozenset({
     "segmenter", "segmenter_backend", "proposals", "refer_route",
     "proposal_filter.min_area_fraction", "proposal_filter.max_border_fraction", "proposal_filter.max_proposals",
+    "proposal_filter.max_overlap_iou", "proposal_filter.max_inside_fraction",
     "points_per_region", "refer_draws", "max_new_tokens", "num_beams", "default_vocabulary",
 })
 

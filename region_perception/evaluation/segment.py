@@ -9,7 +9,8 @@ released model are measured alike, and each has a baseline that needs no segment
 - **box**: the object's box as the prompt, beside the box itself as the mask;
 - **NoC@85 / NoC@90**: clicks until the IoU reaches 85 / 90 % (at most ``max_clicks``, which counts as a
   failure): each next click at the centre of the largest error region, positive on a miss, negative on a
-  spill; beside the same protocol answered with disks;
+  spill, and each answer given the previous one's logits as SAM's mask prompt (SAM's interactive loop);
+  beside the same protocol answered with disks;
 - **proposals**: the automatic proposals' upper bound (each object's best IoU among its image's
   proposals, averaged) and how many proposals an image gets, beside superpixels.
 """
@@ -106,6 +107,22 @@ def clicks_to_reach(answer, gt: np.ndarray, max_clicks: int = 20) -> tuple[dict[
     return {t: max_clicks if k is None else k for t, k in reached.items()}, ious
 
 
+def interactive_answer(segmenter, key: str, image: np.ndarray):
+    """``answer(points, labels) -> mask`` for one object's clicks, as SAM's interactive loop runs: each answer
+    is given the previous answer's low-resolution logits as the mask prompt (a segmenter without
+    ``segment_interactive`` answers from the clicks alone)."""
+    if not hasattr(segmenter, "segment_interactive"):
+        return lambda p, lab: segmenter.segment(key, image, points=p, labels=lab)
+    prior: np.ndarray | None = None
+
+    def answer(points: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        nonlocal prior
+        mask, prior = segmenter.segment_interactive(key, image, points=points, labels=labels, prior=prior)
+        return mask
+
+    return answer
+
+
 def _pct(values: list[float]) -> float | None:
     return round(100 * float(np.mean(values)), 2) if values else None
 
@@ -157,8 +174,7 @@ def evaluate_segmenter(segmenter, dataset: RegionDataset, *, limit: int | None =
             filled[int(b[1]):int(b[3]), int(b[0]):int(b[2])] = True
             box_base.append(iou(filled, gt))
             if noc:
-                def answer(p: np.ndarray, lab: np.ndarray, key: str = key, image: np.ndarray = image) -> np.ndarray:
-                    return segmenter.segment(key, image, points=p, labels=lab)
+                answer = interactive_answer(segmenter, key, image)
 
                 def answer_disk(p: np.ndarray, lab: np.ndarray, shape: tuple = shape) -> np.ndarray:
                     return disk_mask(p, lab, shape)

@@ -3,6 +3,12 @@
 RegionVLM scores SAM's automatic masks with the referring sentence. Before scoring, its
 evaluation drops masks smaller than 4% of the image and masks lying along more than 70%
 of an image border (background, walls, floor), and keeps at most 20.
+
+Two optional rules (off by default, RegionVLM has neither) keep whole objects for a segmenter whose
+automatic masks include near-duplicates and parts of objects (toy-sam: about 12 masks for 4 objects):
+``max_overlap_iou`` drops a mask overlapping a better-scored kept one by more than that mask IoU (a
+duplicate), and ``max_inside_fraction`` drops a mask with more than that share of its area inside a
+larger, better-scored kept one (a part of it). Each is a distractor the sentence's loss may prefer.
 """
 
 from __future__ import annotations
@@ -17,6 +23,8 @@ class ProposalFilter:
     min_area_fraction: float = 0.04
     max_border_fraction: float = 0.70
     max_proposals: int = 20
+    max_overlap_iou: float = 1.0  # duplicates: mask IoU above this with a better-scored kept mask (1.0 = off)
+    max_inside_fraction: float = 1.0  # parts: share of the mask inside a larger, better-scored kept one (1.0 = off)
 
 
 def border_fraction(mask: np.ndarray) -> float:
@@ -31,14 +39,34 @@ def filter_proposals(
     if not masks:
         return []
     order = range(len(masks)) if scores is None else np.argsort(-np.asarray(scores), kind="stable")
+    dedupe = rules.max_overlap_iou < 1.0
+    parts = rules.max_inside_fraction < 1.0
     kept: list[int] = []
+    area: dict[int, int] = {}
     for i in order:
         mask = masks[i]
         if mask.mean() < rules.min_area_fraction:
             continue
         if border_fraction(mask) > rules.max_border_fraction:
             continue
+        area[int(i)] = int(np.count_nonzero(mask))
+        if dedupe and any(_iou(mask, masks[k], area[int(i)], area[k]) > rules.max_overlap_iou for k in kept):
+            continue
         kept.append(int(i))
-        if len(kept) == rules.max_proposals:
+        if len(kept) == rules.max_proposals and not parts:
             break
-    return kept
+    if parts:  # a part of a larger mask scored better: each against every mask kept before it
+        kept = [i for n, i in enumerate(kept)
+                if not any(area[k] > area[i] and _inter(masks[i], masks[k]) > rules.max_inside_fraction * area[i]
+                           for k in kept[:n])]
+    return kept[: rules.max_proposals]
+
+
+def _inter(a: np.ndarray, b: np.ndarray) -> int:
+    return int(np.count_nonzero(a & b))
+
+
+def _iou(a: np.ndarray, b: np.ndarray, area_a: int, area_b: int) -> float:
+    inter = _inter(a, b)
+    union = area_a + area_b - inter
+    return inter / union if union else 0.0

@@ -45,6 +45,10 @@ class Segmenter(Protocol):
 
     def propose(self, image_key: str, image: np.ndarray) -> Proposals: ...
 
+    def segment_interactive(
+        self, image_key: str, image: np.ndarray, *, points: np.ndarray, labels: np.ndarray, prior: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]: ...
+
 
 # -- segment-anything ------------------------------------------------------------------
 TINY_SAM_CONFIG = {
@@ -319,6 +323,26 @@ class SegmentAnythingSegmenter:
         return masks[int(np.argmax(scores))].astype(bool)
 
     @torch.inference_mode()
+    def segment_interactive(
+        self, image_key: str, image: np.ndarray, *, points: np.ndarray, labels: np.ndarray, prior: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One step of SAM's interactive loop: the mask of all clicks so far, given the previous step's
+        low-resolution logits (``prior``, None on the first click); returns the mask and this step's logits.
+
+        Why: without the previous answer each correction click re-solves the object from the clicks alone
+        and later clicks barely move the mask; SAM feeds its last logits back as the mask prompt.
+        """
+        self._set(image_key, image)
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        masks, scores, logits = self.predictor.predict(
+            point_coords=points, point_labels=labels, mask_input=None if prior is None else prior[None],
+            multimask_output=len(points) == 1 and prior is None,
+        )
+        best = int(np.argmax(scores))
+        return masks[best].astype(bool), logits[best]
+
+    @torch.inference_mode()
     def propose(self, image_key: str, image: np.ndarray) -> Proposals:
         """The automatic mask generator's masks, on the frame's cached embedding.
 
@@ -388,18 +412,21 @@ class TransformersSamSegmenter:
         return self.cache.get_or_compute(image_key, "hf_sam_embedding", compute)
 
     @torch.inference_mode()
-    def _masks(self, image_key: str, image: np.ndarray, multimask: bool = True,
-               **prompts) -> tuple[np.ndarray, np.ndarray]:
-        """Masks ``(prompts, candidates, H, W)`` and their scores ``(prompts, candidates)`` at the image's size;
-        the image embedding comes from the feature cache (computed once per frame)."""
+    def _masks(self, image_key: str, image: np.ndarray, multimask: bool = True, prior: np.ndarray | None = None,
+               **prompts) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Masks ``(prompts, candidates, H, W)`` at the image's size, their scores ``(prompts, candidates)`` and
+        low-resolution logits; the image embedding comes from the feature cache (computed once per frame).
+        ``prior``: a previous answer's low-resolution logits, SAM's mask prompt."""
         embedding, base = self._embedding(image_key, image)
         inputs = self.processor(images=image, return_tensors="pt", **prompts).to(self.device)
         inputs.pop("pixel_values", None)
+        if prior is not None:
+            inputs["input_masks"] = torch.as_tensor(prior, dtype=torch.float32, device=self.device)[None, None]
         out = self.model(image_embeddings=embedding, multimask_output=multimask, **inputs)
         masks = self.processor.image_processor.post_process_masks(
             out.pred_masks.cpu(), base["original_sizes"].cpu(), base["reshaped_input_sizes"].cpu()
         )[0]
-        return masks.numpy().astype(bool), out.iou_scores.cpu().numpy()[0]
+        return masks.numpy().astype(bool), out.iou_scores.cpu().numpy()[0], out.pred_masks.cpu().numpy()[0]
 
     def segment(
         self,
@@ -421,14 +448,26 @@ class TransformersSamSegmenter:
             prompts["input_points"] = [[[[float(x), float(y)] for x, y in points]]]
             prompts["input_labels"] = [[flags]]
         single_click = box is None and points is not None and len(points) == 1
-        masks, scores = self._masks(image_key, image, multimask=single_click, **prompts)
+        masks, scores, _ = self._masks(image_key, image, multimask=single_click, **prompts)
         return masks[0, int(np.argmax(scores[0]))]
+
+    def segment_interactive(
+        self, image_key: str, image: np.ndarray, *, points: np.ndarray, labels: np.ndarray, prior: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`SegmentAnythingSegmenter.segment_interactive`: the previous logits as SAM's mask prompt."""
+        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        prompts = {"input_points": [[[[float(x), float(y)] for x, y in points]]],
+                   "input_labels": [[[int(v) for v in np.asarray(labels).reshape(-1)]]]}
+        masks, scores, logits = self._masks(image_key, image, multimask=len(points) == 1 and prior is None,
+                                            prior=prior, **prompts)
+        best = int(np.argmax(scores[0]))
+        return masks[0, best], logits[0, best]
 
     def propose(self, image_key: str, image: np.ndarray) -> Proposals:
         h, w = image.shape[:2]
         n = self.points_per_side
         grid = [[[(i + 0.5) * w / n, (j + 0.5) * h / n]] for j in range(n) for i in range(n)]
-        masks, scores = self._masks(image_key, image, input_points=[grid], input_labels=[[[1]] * len(grid)])
+        masks, scores, _ = self._masks(image_key, image, input_points=[grid], input_labels=[[[1]] * len(grid)])
         best = scores.argmax(axis=1)
         cand = [(float(scores[i, b]), masks[i, b]) for i, b in enumerate(best) if masks[i, b].any()]
         cand.sort(key=lambda c: -c[0])

@@ -88,6 +88,8 @@ ENGINE_PARAMETERS: dict[str, str] = {
     "proposal_filter.min_area_fraction": "REFER proposals smaller than this share of the image are dropped",
     "proposal_filter.max_border_fraction": "REFER proposals covering more of one image border are dropped",
     "proposal_filter.max_proposals": "REFER scores at most this many proposals (best proposal scores first)",
+    "proposal_filter.max_overlap_iou": "REFER proposals overlapping a better-scored one by more mask IoU are dropped",
+    "proposal_filter.max_inside_fraction": "REFER proposals mostly inside a larger, better-scored one are dropped",
     "seed": "point sampling seed",
     "max_new_tokens": "generation length when a query gives 0",
     "num_beams": "beam search width when a query gives 0",

@@ -63,13 +63,14 @@ class SegmenterTrainConfig:
 
     data: str
     out: Path
-    steps: int = 2000
+    steps: int = 2700
     batch_size: int = 8  # images per process per step
     prompts_per_image: int = 4  # objects prompted per image
-    box_fraction: float = 0.3  # prompts that are boxes
-    correction_fraction: float = 0.3  # prompts that are a click plus correction clicks
-    max_corrections: int = 2  # correction clicks per such prompt: 1 to this many (drawn per step)
-    box_jitter: float = 0.05  # each box side moved by up to this fraction of the box's size
+    # the defaults are toy-sam's recipe (training/toys.py SEGMENTER_RECIPES), so the command trains it as shipped
+    box_fraction: float = 0.35  # prompts that are boxes
+    correction_fraction: float = 0.35  # prompts that are a click plus correction clicks (SAM's interactive loop)
+    max_corrections: int = 3  # correction clicks per such prompt: 1 to this many (drawn per step)
+    box_jitter: float = 0.03  # each box side moved by up to this fraction of the box's size
     lr: float = 2e-3
     weight_decay: float = 0.05
     warmup_ratio: float = 0.05
@@ -224,27 +225,35 @@ class SamTrainer(torch.nn.Module):
         self.sam = sam
         self.cfg = cfg
 
-    def _decode(self, embeddings: torch.Tensor, points=None, boxes=None, multimask: bool = False):
-        """Masks (upsampled to the input size) and IoU predictions of N prompts, the n-th on
-        ``embeddings[n]``: the image embedding enters as part of the dense prompt embedding (the decoder
-        adds the two), so prompts of different images share one decoder call."""
+    def _decode(self, embeddings: torch.Tensor, points=None, boxes=None, prior: torch.Tensor | None = None,
+                multimask: bool = False):
+        """Masks (upsampled to the input size), IoU predictions and low-resolution logits of N prompts, the
+        n-th on ``embeddings[n]``: the image embedding enters as part of the dense prompt embedding (the
+        decoder adds the two), so prompts of different images share one decoder call. ``prior``: (N, h, w)
+        low-resolution logits of a previous answer, SAM's mask prompt."""
         sam = self.sam
-        sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None)
+        sparse, dense = sam.prompt_encoder(points=points, boxes=boxes, masks=None if prior is None else prior[:, None])
         low, iou = sam.mask_decoder(image_embeddings=torch.zeros_like(embeddings[:1]),
                                     image_pe=sam.prompt_encoder.get_dense_pe(), sparse_prompt_embeddings=sparse,
                                     dense_prompt_embeddings=dense + embeddings, multimask_output=multimask)
         size = sam.image_encoder.img_size
-        return F.interpolate(low, (size, size), mode="bilinear", align_corners=False), iou
+        return F.interpolate(low, (size, size), mode="bilinear", align_corners=False), iou, low
 
     def _corrections(self, embeddings: torch.Tensor, coords: torch.Tensor, target: torch.Tensor, rounds: int):
-        """Clicks with labels after ``rounds`` correction clicks, each at the error of the model's own answer."""
+        """SAM's interactive loop without gradients: ``rounds`` correction clicks, each at the error of the
+        model's own answer (best by its IoU head), each answer given the previous one's low-resolution logits.
+        Returns all clicks, their labels and the last answer's logits (the prompt of the charged answer)."""
         labels = torch.ones(coords.shape[:2], dtype=torch.int, device=coords.device)
         gts = target.cpu().numpy() > 0.5
+        prior = None
+        rows = torch.arange(len(coords), device=coords.device)
         for _ in range(rounds):
             with torch.no_grad():
-                logits, iou = self._decode(embeddings.detach(), points=(coords, labels),
-                                           multimask=coords.shape[1] == 1)
-                best = (logits[torch.arange(len(logits)), iou.argmax(1)] > 0).cpu().numpy()
+                logits, iou, low = self._decode(embeddings.detach(), points=(coords, labels), prior=prior,
+                                                multimask=prior is None and coords.shape[1] == 1)
+                pick = iou.argmax(1)
+                best = (logits[rows, pick] > 0).cpu().numpy()
+                prior = low[rows, pick]
             new_c, new_l = [], []
             for pred, gt, c in zip(best, gts, coords.cpu().numpy(), strict=True):
                 click = correction_click(pred, gt)
@@ -253,7 +262,7 @@ class SamTrainer(torch.nn.Module):
             added = torch.tensor(np.array(new_c), dtype=coords.dtype, device=coords.device)
             coords = torch.cat([coords, added[:, None]], 1)
             labels = torch.cat([labels, torch.tensor(new_l, dtype=labels.dtype, device=labels.device)[:, None]], 1)
-        return coords, labels
+        return coords, labels, prior
 
     def forward(self, batch: dict) -> torch.Tensor:
         sam, cfg = self.sam, self.cfg
@@ -266,13 +275,13 @@ class SamTrainer(torch.nn.Module):
             target = group["masks"].to(device).float()
             prompt = group["prompt"].to(device)
             if kind == "box":
-                logits, iou = self._decode(emb, boxes=prompt)
+                logits, iou, _ = self._decode(emb, boxes=prompt)
             elif kind == "click":
                 labels = torch.ones(prompt.shape[:2], dtype=torch.int, device=device)
-                logits, iou = self._decode(emb, points=(prompt, labels), multimask=True)
+                logits, iou, _ = self._decode(emb, points=(prompt, labels), multimask=True)
             else:
-                coords, labels = self._corrections(emb, prompt, target, int(group["rounds"]))
-                logits, iou = self._decode(emb, points=(coords, labels))
+                coords, labels, prior = self._corrections(emb, prompt, target, int(group["rounds"]))
+                logits, iou, _ = self._decode(emb, points=(coords, labels), prior=prior)
             target = target[:, None].expand_as(logits)
             per_mask = cfg.focal_weight * focal_loss(logits, target) + cfg.dice_weight * dice_loss(logits, target)
             # one output: itself; a single click's three: only the best is charged (part or whole)
@@ -281,8 +290,8 @@ class SamTrainer(torch.nn.Module):
             total = total + (mask_loss + cfg.iou_weight * iou_loss).sum()
             count += len(logits)
         if torch.distributed.is_available() and torch.distributed.is_initialized():
-            # DDP wants a gradient for every parameter: the mask-input branch (never prompted here) and a
-            # prompt kind absent from this step's draw get zeros
+            # DDP wants a gradient for every parameter: a prompt kind absent from this step's draw (the
+            # mask-input branch is prompted only by the correction group) gets zeros
             total = total + 0.0 * sum(p.view(-1)[0] for p in sam.parameters() if p.requires_grad)
         return total / max(count, 1)
 
@@ -425,13 +434,13 @@ def write_card(out: Path, summary: dict) -> None:
         f"decoder {arch['prompt_embed_dim']}; {summary['trainable_parameters'] / 1e6:.2f}M parameters |",
         f"| prompts | {summary['prompts_per_image']} objects an image; {round(100 * summary['box_fraction'])} % "
         f"boxes, {round(100 * summary['correction_fraction'])} % a click plus 1-{summary['max_corrections']} "
-        "correction clicks (at the error of the model's own answer), the rest one "
-        "click |",
+        "correction clicks (at the error of the model's own answer, which comes back as the mask prompt: SAM's "
+        "interactive loop), the rest one click |",
         f"| steps | {summary['steps']} x {summary['batch_size']} images x {summary['world_size']} process(es), AdamW "
         f"lr {summary['lr']}, cosine, {summary['warmup_steps']} warm-up, seed {summary['seed']} |",
         f"| loss | {summary['first_loss']:.4f} -> {summary['final_loss']:.4f} |",
         f"| training time | {summary['train_seconds']} s ({summary['seconds_per_step']} s a step) on "
-        f"{summary['device']}, {summary['threads']} thread(s) |",
+        f"{summary['device']}, {summary['world_size']} process(es) of {summary['threads']} thread(s) |",
         f"| automatic mask generator | {json.dumps(summary['generator'])} |",
         "",
     ]
