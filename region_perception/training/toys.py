@@ -35,7 +35,8 @@ STAGE0 = {"batch_size": 32, "lr": 2e-3, "weight_decay": 0.05, "warmup_ratio": 0.
 # shapes cover about 1-2 % of a 128-px scene (medium 3-5 %, the smallest 0.45 %), under the default 4 % proposal
 # filter; toy-sam proposes about 12 masks for 4 objects, most of the rest near-duplicates and parts of objects, which
 # REFER's loss picked in a third of its misses: dropping duplicates (mask IoU > 0.4 with a better-scored mask) and
-# parts (over half inside a larger, better-scored mask) took REFER-proposals mIoU from 53-56 to 66-70
+# parts (over half inside a larger, better-scored mask) took REFER-proposals mIoU from 53-56 to 66-70 (66-72 with
+# the retrained toy-sam)
 TOY_SETTINGS = {"segmenter": "toy-sam", "proposals": "sam",
                 "proposal_filter": {"min_area_fraction": 0.003, "max_overlap_iou": 0.4, "max_inside_fraction": 0.5}}
 STAGE1 = {"batch_size": 32, "lr": 1e-3, "warmup_ratio": 0.03, "settings": TOY_SETTINGS}
@@ -201,7 +202,7 @@ def segmenter_processes() -> int:
     """Training processes for the segmenter: one per torch thread chosen (at most 4, dividing its batch).
 
     Why: the toy segmenter's ops are too small for a second thread to help (a step took as long on one
-    thread as on two), while two processes each on one core halve the step (DDP over gloo)."""
+    thread as on two), while two processes of one thread each (DDP over gloo) took it from 0.27 to 0.19 s."""
     import torch
 
     batch = SEGMENTER_RECIPES["toy-sam"]["batch_size"]
