@@ -13,8 +13,8 @@ from pathlib import Path
 
 from .common import CliError, print_summary
 
-# the region and vision stages' defaults (the segmenter's are its SegmenterTrainConfig's: toy-sam's recipe)
-REGION_DEFAULTS = {"batch_size": 16, "lr": 1e-4, "weight_decay": 0.0, "warmup_ratio": 0.03}
+# flags whose defaults are each stage's own config's (TrainConfig; SegmenterTrainConfig: toy-sam's recipe)
+SCHEDULE = ("batch_size", "lr", "weight_decay", "warmup_ratio")
 SEGMENTER_ONLY = ("prompts_per_image", "box_fraction", "correction_fraction", "max_corrections", "box_jitter")
 
 
@@ -99,19 +99,20 @@ def run(args: argparse.Namespace) -> int:
     given = [f"--{k.replace('_', '-')}" for k in SEGMENTER_ONLY if getattr(args, k) is not None]
     if given:
         raise CliError(f"{', '.join(given)}: only --stage segmenter takes these")
-    for key, value in REGION_DEFAULTS.items():
-        if getattr(args, key) is None:
-            setattr(args, key, value)
     cfg = TrainConfig(
         model=args.model, data=args.data, tasks=args.tasks.split(","), out=Path(args.out),
         train=[g.strip() for g in args.train.split(",") if g.strip()] if args.train else None,
-        steps=args.steps, epochs=args.epochs, batch_size=args.batch_size, grad_accum=args.grad_accum, lr=args.lr,
-        weight_decay=args.weight_decay, warmup_ratio=args.warmup_ratio, seed=args.seed, resume=args.resume,
+        steps=args.steps, epochs=args.epochs, grad_accum=args.grad_accum, seed=args.seed, resume=args.resume,
         overwrite=args.overwrite, split=args.split, val_split=args.val_split, eval_limit=args.eval_limit,
         save_every=args.save_every, device=args.device, sizes=sizes, progress=args.progress, stage=args.stage,
-        settings=settings,
+        settings=settings, **_given(args, SCHEDULE),
     )
     return _train_and_print(train, cfg, args.json)
+
+
+def _given(args: argparse.Namespace, keys: tuple[str, ...]) -> dict:
+    """The flags of ``keys`` given on the command line; the others keep the stage config's defaults."""
+    return {k: getattr(args, k) for k in keys if getattr(args, k) is not None}
 
 
 def _train_and_print(train, cfg, as_json: bool) -> int:
@@ -138,9 +139,7 @@ def _run_segmenter(args: argparse.Namespace) -> int:
     extra = {"steps": args.steps} if args.steps else {}
     if args.epochs:
         raise CliError("--stage segmenter counts --steps, not --epochs")
-    for key in ("batch_size", "lr", "weight_decay", "warmup_ratio", *SEGMENTER_ONLY):
-        if getattr(args, key) is not None:
-            extra[key] = getattr(args, key)
+    extra.update(_given(args, (*SCHEDULE, *SEGMENTER_ONLY)))
     cfg = SegmenterTrainConfig(
         data=args.data, out=Path(args.out), model=args.model, seed=args.seed, grad_accum=args.grad_accum,
         resume=args.resume,

@@ -43,30 +43,27 @@ def filter_proposals(
     parts = rules.max_inside_fraction < 1.0
     kept: list[int] = []
     area: dict[int, int] = {}
-    for i in order:
+    inter: dict[tuple[int, int], int] = {}  # pixel overlaps, each pair counted once for both rules
+
+    def overlap(i: int, k: int) -> int:
+        if (i, k) not in inter:
+            inter[(i, k)] = int(np.count_nonzero(masks[i] & masks[k]))
+        return inter[(i, k)]
+
+    for i in map(int, order):
         mask = masks[i]
-        if mask.mean() < rules.min_area_fraction:
+        area[i] = int(np.count_nonzero(mask))
+        if area[i] < rules.min_area_fraction * mask.size:
             continue
         if border_fraction(mask) > rules.max_border_fraction:
             continue
-        area[int(i)] = int(np.count_nonzero(mask))
-        if dedupe and any(_iou(mask, masks[k], area[int(i)], area[k]) > rules.max_overlap_iou for k in kept):
+        if dedupe and any(overlap(i, k) > rules.max_overlap_iou * (area[i] + area[k] - overlap(i, k)) for k in kept):
             continue
-        kept.append(int(i))
+        kept.append(i)
         if len(kept) == rules.max_proposals and not parts:
             break
     if parts:  # a part of a larger mask scored better: each against every mask kept before it
         kept = [i for n, i in enumerate(kept)
-                if not any(area[k] > area[i] and _inter(masks[i], masks[k]) > rules.max_inside_fraction * area[i]
+                if not any(area[k] > area[i] and overlap(i, k) > rules.max_inside_fraction * area[i]
                            for k in kept[:n])]
     return kept[: rules.max_proposals]
-
-
-def _inter(a: np.ndarray, b: np.ndarray) -> int:
-    return int(np.count_nonzero(a & b))
-
-
-def _iou(a: np.ndarray, b: np.ndarray, area_a: int, area_b: int) -> float:
-    inter = _inter(a, b)
-    union = area_a + area_b - inter
-    return inter / union if union else 0.0

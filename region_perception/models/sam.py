@@ -297,7 +297,6 @@ class SegmentAnythingSegmenter:
         self._key = (image_key, image.shape)
         self.predictor.set_image(image)
 
-    @torch.inference_mode()
     def segment(
         self,
         image_key: str,
@@ -312,17 +311,8 @@ class SegmentAnythingSegmenter:
         One click alone is ambiguous (a part or the whole): the best of SAM's three masks by its
         own quality score. Several prompts are not, and SAM's single-mask output answers them.
         """
-        self._set(image_key, image)
-        if points is not None:
-            points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-            labels = np.ones(len(points), dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
-        single_click = box is None and points is not None and len(points) == 1
-        masks, scores, _ = self.predictor.predict(
-            point_coords=points, point_labels=labels, box=box, multimask_output=single_click
-        )
-        return masks[int(np.argmax(scores))].astype(bool)
+        return self._answer(image_key, image, box=box, points=points, labels=labels)[0]
 
-    @torch.inference_mode()
     def segment_interactive(
         self, image_key: str, image: np.ndarray, *, points: np.ndarray, labels: np.ndarray, prior: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -332,12 +322,22 @@ class SegmentAnythingSegmenter:
         Why: without the previous answer each correction click re-solves the object from the clicks alone
         and later clicks barely move the mask; SAM feeds its last logits back as the mask prompt.
         """
+        return self._answer(image_key, image, points=points, labels=labels, prior=prior)
+
+    @torch.inference_mode()
+    def _answer(self, image_key: str, image: np.ndarray, *, box: np.ndarray | None = None,
+                points: np.ndarray | None = None, labels: np.ndarray | None = None,
+                prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The best mask of the prompts by SAM's own score, and its low-resolution logits."""
         self._set(image_key, image)
-        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+        if points is not None:
+            points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+            labels = np.ones(len(points), dtype=np.int64) if labels is None else \
+                np.asarray(labels, dtype=np.int64).reshape(-1)
+        single_click = box is None and prior is None and points is not None and len(points) == 1
         masks, scores, logits = self.predictor.predict(
-            point_coords=points, point_labels=labels, mask_input=None if prior is None else prior[None],
-            multimask_output=len(points) == 1 and prior is None,
+            point_coords=points, point_labels=labels, box=box, mask_input=None if prior is None else prior[None],
+            multimask_output=single_click,
         )
         best = int(np.argmax(scores))
         return masks[best].astype(bool), logits[best]
@@ -439,6 +439,18 @@ class TransformersSamSegmenter:
     ) -> np.ndarray:
         """As :meth:`SegmentAnythingSegmenter.segment` (``labels``: 1 inside, 0 outside): one click alone is
         ambiguous and gets the best of SAM's three masks by its own score; several prompts get SAM's single mask."""
+        return self._answer(image_key, image, box=box, points=points, labels=labels)[0]
+
+    def segment_interactive(
+        self, image_key: str, image: np.ndarray, *, points: np.ndarray, labels: np.ndarray, prior: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`SegmentAnythingSegmenter.segment_interactive`: the previous logits as SAM's mask prompt."""
+        return self._answer(image_key, image, points=points, labels=labels, prior=prior)
+
+    def _answer(self, image_key: str, image: np.ndarray, *, box: np.ndarray | None = None,
+                points: np.ndarray | None = None, labels: np.ndarray | None = None,
+                prior: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The best mask of the prompts by SAM's own score, and its low-resolution logits."""
         prompts: dict[str, Any] = {}
         if box is not None:
             prompts["input_boxes"] = [[[float(v) for v in np.asarray(box, dtype=np.float64).reshape(4)]]]
@@ -447,19 +459,8 @@ class TransformersSamSegmenter:
             flags = [1] * len(points) if labels is None else [int(v) for v in np.asarray(labels).reshape(-1)]
             prompts["input_points"] = [[[[float(x), float(y)] for x, y in points]]]
             prompts["input_labels"] = [[flags]]
-        single_click = box is None and points is not None and len(points) == 1
-        masks, scores, _ = self._masks(image_key, image, multimask=single_click, **prompts)
-        return masks[0, int(np.argmax(scores[0]))]
-
-    def segment_interactive(
-        self, image_key: str, image: np.ndarray, *, points: np.ndarray, labels: np.ndarray, prior: np.ndarray | None
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """As :meth:`SegmentAnythingSegmenter.segment_interactive`: the previous logits as SAM's mask prompt."""
-        points = np.asarray(points, dtype=np.float64).reshape(-1, 2)
-        prompts = {"input_points": [[[[float(x), float(y)] for x, y in points]]],
-                   "input_labels": [[[int(v) for v in np.asarray(labels).reshape(-1)]]]}
-        masks, scores, logits = self._masks(image_key, image, multimask=len(points) == 1 and prior is None,
-                                            prior=prior, **prompts)
+        single_click = box is None and prior is None and points is not None and len(points) == 1
+        masks, scores, logits = self._masks(image_key, image, multimask=single_click, prior=prior, **prompts)
         best = int(np.argmax(scores[0]))
         return masks[0, best], logits[0, best]
 
