@@ -233,7 +233,9 @@ def run_segmenter_training(name: str, world: Path, out: Path, eval_limit: int, p
     cmd = [sys.executable, "-m", "torch.distributed.run", *launcher[1:], "train",
            *[str(world) if f == "WORLD" else f for f in flags], "--out", str(out), "--overwrite", "--device", "cpu",
            "--eval-limit", str(eval_limit), "--json", *([] if progress else ["--no-progress"])]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
+    from ..common.ros_env import apply_local_ros_env
+
+    env = {**apply_local_ros_env(dict(os.environ)), "OMP_NUM_THREADS": "1", "OMP_WAIT_POLICY": "PASSIVE"}
     print(f"train-toy: {name}: {processes} processes of one thread: {shown}", file=sys.stderr)
     done = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
