@@ -16,6 +16,7 @@ from .common import CliError, print_summary
 # flags whose defaults are each stage's own config's (TrainConfig; SegmenterTrainConfig: toy-sam's recipe)
 SCHEDULE = ("batch_size", "lr", "weight_decay", "warmup_ratio")
 SEGMENTER_ONLY = ("prompts_per_image", "box_fraction", "correction_fraction", "max_corrections", "box_jitter")
+REGION_ONLY = ("refer_margin", "refer_margin_weight")
 
 
 def add_parser(sub) -> None:
@@ -40,6 +41,13 @@ def add_parser(sub) -> None:
                                                                           "segmenter 0.05)")
     p.add_argument("--warmup-ratio", dest="warmup_ratio", type=float, help="warm-up share of the steps (default "
                                                                           "0.03; segmenter 0.05)")
+    ref = p.add_argument_group("region stage, referring sentences")
+    ref.add_argument("--refer-margin", dest="refer_margin", type=float,
+                     help="also give each referring sentence with another object's region of its image and train "
+                          "its loss there to exceed the true region's by this many nats a token (max-margin MMI; "
+                          "default 0: the language-model loss only)")
+    ref.add_argument("--refer-margin-weight", dest="refer_margin_weight", type=float,
+                     help="that hinge's weight beside the language-model loss (default 1)")
     seg = p.add_argument_group("segmenter stage (the defaults are toy-sam's recipe)")
     seg.add_argument("--prompts-per-image", dest="prompts_per_image", type=int, help="objects prompted per image")
     seg.add_argument("--box-fraction", dest="box_fraction", type=float, help="share of prompts that are boxes")
@@ -94,18 +102,20 @@ def run(args: argparse.Namespace) -> int:
         raise CliError(f"--settings: {exc}") from None
     if args.eval_limit is not None and args.eval_limit < 0:
         raise CliError("--eval-limit must be 0 or more")
+    refused = {"segmenter": REGION_ONLY, "vision": (*SEGMENTER_ONLY, *REGION_ONLY), "region": SEGMENTER_ONLY}
+    given = [f"--{k.replace('_', '-')}" for k in refused[args.stage] if getattr(args, k) is not None]
+    if given:
+        owner = "--stage segmenter" if given[0][2:].replace("-", "_") in SEGMENTER_ONLY else "--stage region"
+        raise CliError(f"{', '.join(given)}: only {owner} takes these")
     if args.stage == "segmenter":
         return _run_segmenter(args)
-    given = [f"--{k.replace('_', '-')}" for k in SEGMENTER_ONLY if getattr(args, k) is not None]
-    if given:
-        raise CliError(f"{', '.join(given)}: only --stage segmenter takes these")
     cfg = TrainConfig(
         model=args.model, data=args.data, tasks=args.tasks.split(","), out=Path(args.out),
         train=[g.strip() for g in args.train.split(",") if g.strip()] if args.train else None,
         steps=args.steps, epochs=args.epochs, grad_accum=args.grad_accum, seed=args.seed, resume=args.resume,
         overwrite=args.overwrite, split=args.split, val_split=args.val_split, eval_limit=args.eval_limit,
         save_every=args.save_every, device=args.device, sizes=sizes, progress=args.progress, stage=args.stage,
-        settings=settings, **_given(args, SCHEDULE),
+        settings=settings, **_given(args, (*SCHEDULE, *REGION_ONLY)),
     )
     return _train_and_print(train, cfg, args.json)
 

@@ -84,6 +84,9 @@ class ExampleSampler:
     points_per_region: int = 10
     kinds: tuple[str, ...] = REGION_KINDS
     rows_per_image: int = 4  # rows drawn from one image together: its encoding is shared in the batch
+    # each referring row also brings its sentence with another object of its category in the same image (a
+    # negative, ``TrainExample.negative_for``), beyond the ``n`` rows drawn
+    refer_negatives: bool = False
 
     def __post_init__(self) -> None:
         self.tasks = check_tasks(self.tasks)
@@ -110,12 +113,14 @@ class ExampleSampler:
         return self._masks[sample.ann_id]
 
     def draw(self, n: int, rng: np.random.Generator) -> list[TrainExample]:
+        """``n`` rows, plus a negative after each referring row when ``refer_negatives``."""
         out: list[TrainExample] = []
         picks: list[int] = []
-        while len(out) < n:
+        drawn = 0
+        while drawn < n:
             if not picks:
                 rows = self.by_image[self.image_ids[int(rng.integers(len(self.image_ids)))]]
-                picks = [rows[int(i)] for i in rng.integers(len(rows), size=min(self.rows_per_image, n - len(out)))]
+                picks = [rows[int(i)] for i in rng.integers(len(rows), size=min(self.rows_per_image, n - drawn))]
             sample, task = self.rows[picks.pop()]
             mask = self.mask(sample)
             if not mask.any():
@@ -124,6 +129,29 @@ class ExampleSampler:
             region = user_region(mask, self.kinds[int(rng.integers(len(self.kinds)))], rng)
             cue = region_cue(region, mask.shape, rng, self.points_per_region)
             options = targets(sample, task)
-            out.append(TrainExample(image=image, cue=cue, task=task, target=options[int(rng.integers(len(options)))],
-                                    labels=tuple(self.dataset.categories), image_id=sample.image_id))
+            row = TrainExample(image=image, cue=cue, task=task, target=options[int(rng.integers(len(options)))],
+                               labels=tuple(self.dataset.categories), image_id=sample.image_id)
+            out.append(row)
+            drawn += 1
+            if task == "refer" and self.refer_negatives:
+                negative = self.negative(row, sample, len(out) - 1, rng)
+                if negative is not None:
+                    out.append(negative)
         return out
+
+    def negative(self, row: TrainExample, sample: RegionSample, index: int, rng: np.random.Generator
+                 ) -> TrainExample | None:
+        """``row``'s sentence with another object of the same category in its image (drawn uniformly), or None when
+        there is none: those are the objects the sentence exists to tell apart (another category's is told apart
+        by the head noun alone, and costs a row for a hinge that is already met)."""
+        others = [s for s in self.dataset.samples_of(sample.image_id)
+                  if s.ann_id != sample.ann_id and s.category == sample.category]
+        while others:
+            other = others.pop(int(rng.integers(len(others))))
+            mask = self.mask(other)
+            if mask.any():
+                region = user_region(mask, self.kinds[int(rng.integers(len(self.kinds)))], rng)
+                cue = region_cue(region, mask.shape, rng, self.points_per_region)
+                return TrainExample(image=row.image, cue=cue, task="refer", target=row.target, labels=row.labels,
+                                    image_id=row.image_id, negative_for=index)
+        return None

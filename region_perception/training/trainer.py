@@ -25,7 +25,7 @@ import torch
 
 from ..engine.settings import MODEL_SETTINGS_KEY, flatten
 from .examples import ExampleSampler, check_tasks
-from .recipes import distinct_images, get_recipe, select_trainable
+from .recipes import distinct_images, get_recipe, negative_index, referring_loss, select_trainable
 from .vision import STAGE0_META
 
 VOCABULARY_FILE = "vocabulary.txt"  # the training data's categories, beside the weights
@@ -74,6 +74,10 @@ class TrainConfig:
     progress: bool = True
     stage: str = "region"  # one of STAGES
     tower_cache_mb: int = 2048  # stage 1: the frozen tower's output kept per image, at most this much; 0 = off
+    # referring sentences also given with another object of the image, whose sentence loss must exceed the true
+    # region's by this many nats a token (recipes/__init__.py referring_loss); 0 = the language-model loss only
+    refer_margin: float = 0.0
+    refer_margin_weight: float = 1.0  # the hinge's weight beside the language-model loss
     # engine settings stored with the model as its own (region_perception.json "settings"), used by its final
     # evaluation and by every later load that does not set them (engine/settings.py); the training data's
     # categories are always stored as its default vocabulary
@@ -86,9 +90,13 @@ class TrainConfig:
 def check_inputs(cfg: TrainConfig):
     """Validate everything cheap to validate; returns (train dataset, sampler). Nothing is written."""
     tasks = check_tasks(cfg.tasks)
+    if cfg.refer_margin < 0 or cfg.refer_margin_weight <= 0:
+        raise TrainError("--refer-margin must be 0 or more and --refer-margin-weight above 0")
+    if cfg.refer_margin > 0 and "refer" not in tasks:
+        raise TrainError("--refer-margin trains referring sentences against other regions: it needs the refer task")
     dataset = check_dataset(cfg)
     try:
-        sampler = ExampleSampler(dataset, tasks)
+        sampler = ExampleSampler(dataset, tasks, refer_negatives=cfg.refer_margin > 0)
     except ValueError as exc:
         raise TrainError(str(exc)) from None
     return dataset, sampler
@@ -167,13 +175,18 @@ def _toy_builders() -> dict:
 class _LossModule(torch.nn.Module):
     """The model plus its recipe's loss, so DDP/FSDP wrap one forward that computes the loss."""
 
-    def __init__(self, model: torch.nn.Module, recipe) -> None:
+    def __init__(self, model: torch.nn.Module, recipe, refer_margin: float = 0.0, margin_weight: float = 1.0) -> None:
         super().__init__()
         self.model = model
         self.recipe = recipe
+        self.refer_margin = refer_margin
+        self.margin_weight = margin_weight
 
     def forward(self, batch: dict) -> torch.Tensor:
-        return self.recipe.loss(self.model, batch)
+        if "negative_for" not in batch:
+            return self.recipe.loss(self.model, batch)
+        sums, counts = self.recipe.row_losses(self.model, batch)
+        return referring_loss(sums, counts, batch["negative_for"], self.refer_margin, self.margin_weight)
 
 
 class TowerCache:
@@ -460,12 +473,21 @@ def train(cfg: TrainConfig) -> dict:
     def make_batch(m: _LossModule, rng: np.random.Generator) -> dict:
         examples = sampler.draw(cfg.batch_size, rng)
         if cache is None:
-            return recipe.build_batch(m.model, processor, examples)
-        return cache.batch(m.model, examples, accelerator.device)
+            batch = recipe.build_batch(m.model, processor, examples)
+        else:
+            batch = cache.batch(m.model, examples, accelerator.device)
+        negatives = negative_index(examples)
+        return batch if negatives is None else {**batch, "negative_for": negatives}
 
-    loop = _optimise(cfg, accelerator, _LossModule(model, recipe), params, steps, make_batch, label)
+    if cfg.refer_margin > 0:
+        label += (f"; each referring sentence also against another object's region (margin {cfg.refer_margin} "
+                  f"nats a token, weight {cfg.refer_margin_weight})")
+    module = _LossModule(model, recipe, cfg.refer_margin, cfg.refer_margin_weight)
+    loop = _optimise(cfg, accelerator, module, params, steps, make_batch, label)
     base_model = accelerator.unwrap_model(loop.wrapper).model
     summary = _summary(cfg, backend, sampler.tasks, train_groups, n_trainable, steps, loop, accelerator, mixed)
+    summary.update(refer_margin=cfg.refer_margin,
+                   refer_margin_weight=cfg.refer_margin_weight if cfg.refer_margin else None)
     summary["tower_cache"] = ({"images": len(cache.store), "mb": round(cache.bytes / 2**20, 1), "hits": cache.hits,
                                "misses": cache.misses} if cache and cache.checked else None)
     if accelerator.is_main_process:

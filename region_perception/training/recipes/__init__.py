@@ -16,9 +16,12 @@ Contract (see :class:`TrainRecipe`):
   them): ``image_index`` maps each row to its distinct image (:func:`distinct_images`), ``pixel_values``
   holds the distinct images (``vision_pixels``); with ``pixels=False`` it is left out for the trainer to
   put ``image_features`` (``tower_features`` of the same images, from its cache) in its place.
-- ``loss(model, batch)`` -> scalar tensor (mean token cross-entropy of the targets), from ``image_features``
-  when the batch has them, else ``tower_features`` of ``pixel_values``. The trainer calls it inside the
-  forward of a wrapper module, so under DDP/FSDP any submodule calls here are synchronised.
+- ``row_losses(model, batch)`` -> ``(sums, counts)``: each row's summed target-token cross-entropy and its
+  number of target tokens (:func:`row_token_losses` of the model's logits), from ``image_features`` when the
+  batch has them, else ``tower_features`` of ``pixel_values``. ``loss`` (:class:`RecipeBase`) is their token
+  mean; the trainer calls them inside the forward of a wrapper module, so under DDP/FSDP any submodule calls
+  here are synchronised. Per row, because a referring sentence's negatives (``negative_for``) are scored
+  against its positive (:func:`referring_loss`).
 - ``tower_features(model, pixel_values)`` -> ``(N, ...)``: the vision tower's output per image, everything
   ``loss`` reads of an image before a part that may train; with the tower frozen stage 1 computes it once
   per image (the trainer's ``TowerCache``), so it must not depend on the rest of the batch.
@@ -41,6 +44,7 @@ from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from ...models.backend import RegionCue
 
@@ -57,6 +61,9 @@ class TrainExample:
     target: str  # caption, category name, or referring sentence
     labels: tuple[str, ...] = ()  # classify: the candidate names (the prompt's hint)
     image_id: int = -1
+    # a referring sentence given with another object's region: the batch index of the row it is the negative
+    # of (-1: an ordinary row, trained to say its target)
+    negative_for: int = -1
 
 
 class TrainRecipe(Protocol):
@@ -69,6 +76,8 @@ class TrainRecipe(Protocol):
 
     def build_batch(self, model: torch.nn.Module, processor: Any, examples: Sequence[TrainExample],
                     pixels: bool = True) -> dict: ...
+
+    def row_losses(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]: ...
 
     def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor: ...
 
@@ -107,6 +116,49 @@ def image_features(recipe, model: torch.nn.Module, batch: dict) -> torch.Tensor:
     if "image_features" in batch:
         return batch["image_features"]
     return recipe.tower_features(model, batch["pixel_values"])
+
+
+def row_token_losses(logits: torch.Tensor, labels: torch.Tensor, *, causal: bool = False
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's summed cross-entropy over its scored tokens (labels not -100) and how many there are.
+
+    ``causal``: a decoder-only LM's logits predict the next position (shifted as its own loss does). The
+    token mean over a batch is exactly the loss transformers' models return for the same labels.
+    """
+    if causal:
+        logits, labels = logits[:, :-1], labels[:, 1:]
+    scored = labels != -100
+    token_loss = F.cross_entropy(logits[scored].float(), labels[scored], reduction="none")
+    rows = torch.nonzero(scored, as_tuple=True)[0]
+    sums = torch.zeros(labels.shape[0], device=labels.device).index_add(0, rows, token_loss)
+    return sums, scored.sum(dim=1)
+
+
+def negative_index(examples: Sequence[TrainExample]) -> torch.Tensor | None:
+    """The batch's ``negative_for`` column, or None when no row is a negative (the plain loss then)."""
+    if all(e.negative_for < 0 for e in examples):
+        return None
+    return torch.tensor([e.negative_for for e in examples], dtype=torch.long)
+
+
+def referring_loss(sums: torch.Tensor, counts: torch.Tensor, negative_for: torch.Tensor, margin: float,
+                   weight: float) -> torch.Tensor:
+    """The ordinary rows' token-mean loss plus ``weight`` x a hinge per negative row: its sentence must cost
+    at least ``margin`` (mean nats a token) more than with its positive's region.
+
+    Why: REFER picks the region whose sentence loss is lowest, but the language-model loss alone never sees a
+    wrong region, so nothing teaches that "the triangle above the orange triangle" fits the orange triangle
+    worse than the triangle above it. This is the max-margin form of maximum mutual information training for
+    referring expressions (Mao et al., CVPR 2016), on the loss REFER ranks by.
+    """
+    ordinary = negative_for < 0
+    lm = sums[ordinary].sum() / counts[ordinary].sum().clamp(min=1)
+    negatives = torch.nonzero(~ordinary, as_tuple=True)[0]
+    if negatives.numel() == 0:
+        return lm
+    mean = sums / counts.clamp(min=1)
+    hinge = F.relu(margin + mean[negative_for[negatives]] - mean[negatives])
+    return lm + weight * hinge.mean()
 
 
 def tokens_to_grid(tokens: torch.Tensor) -> torch.Tensor:
@@ -190,6 +242,14 @@ class RecipeBase:
 
     def parameter_groups(self, model: torch.nn.Module) -> dict[str, list[str]]:
         return groups_by_prefix(model, self.groups)
+
+    def row_losses(self, model: torch.nn.Module, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def loss(self, model: torch.nn.Module, batch: dict) -> torch.Tensor:
+        """Mean token cross-entropy of the targets over the batch."""
+        sums, counts = self.row_losses(model, batch)
+        return sums.sum() / counts.sum().clamp(min=1)
 
     def save(self, model: torch.nn.Module, processor: Any, out) -> None:
         model.save_pretrained(out, safe_serialization=True)

@@ -14,7 +14,7 @@ from typing import ClassVar
 import torch
 
 from ...models.florence2 import box_to_location_tokens, refer_prompt
-from . import RecipeBase, TrainExample, image_features, register, unique_images
+from . import RecipeBase, TrainExample, image_features, register, row_token_losses, unique_images
 
 
 def task_prompt(processor, example: TrainExample) -> str:
@@ -69,7 +69,7 @@ class Florence2Recipe(RecipeBase):
             batch["pixel_values"] = self.vision_pixels(processor, images)
         return batch
 
-    def loss(self, model, batch: dict) -> torch.Tensor:
+    def row_losses(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Vision tower once per distinct image (or its cached output), the projector, then the usual
         encoder-decoder loss."""
         embeds = model.get_input_embeddings()(batch["input_ids"])
@@ -79,7 +79,7 @@ class Florence2Recipe(RecipeBase):
         embeds = embeds.masked_scatter(slots, feats.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
         out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"],
                     return_dict=True)
-        return out.loss
+        return row_token_losses(out.logits, batch["labels"])
 
     def vision_pixels(self, processor, images) -> torch.Tensor:
         return processor.image_processor(images=list(images), return_tensors="pt").pixel_values

@@ -20,7 +20,15 @@ import torch.nn.functional as F
 from ...models.backend import labels_hint
 from ...models.regiongpt import processing_regiongpt as prompts
 from ...models.regiongpt.backend import cue_mask
-from . import RecipeBase, TrainExample, distinct_images, image_features, register, tokens_to_grid
+from . import (
+    RecipeBase,
+    TrainExample,
+    distinct_images,
+    image_features,
+    register,
+    row_token_losses,
+    tokens_to_grid,
+)
 
 # stage: (groups trained, learning rate); both with a cosine schedule and 3 % warm-up
 STAGES: dict[str, tuple[tuple[str, ...], float]] = {
@@ -99,7 +107,7 @@ class RegionGPTRecipe(RecipeBase):
             batch["pixel_values"] = self.vision_pixels(processor, images)
         return batch
 
-    def loss(self, model, batch: dict) -> torch.Tensor:
+    def row_losses(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """The model's forward split into its stages, so each distinct image is encoded and refined once
         (its tower output possibly from the trainer's cache) and each row pools its region from its image."""
         hidden = image_features(self, model, batch)
@@ -112,7 +120,8 @@ class RegionGPTRecipe(RecipeBase):
                   for i, m in zip(index.tolist(), batch["region_masks"], strict=True) if len(m)]
         regions = torch.cat(pooled) if pooled else None
         embeds = model.embed(batch["input_ids"], images, regions)
-        return model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"]).loss
+        out = model(inputs_embeds=embeds, attention_mask=batch["attention_mask"], labels=batch["labels"])
+        return row_token_losses(out.logits, batch["labels"], causal=True)
 
     def tower_features(self, model, pixel_values: torch.Tensor) -> torch.Tensor:
         """The tower's layer that RegionGPT refines and pools (``vision_feature_layer``), CLS first: (B, 1 + g*g, C);

@@ -15,7 +15,7 @@ import torch
 
 from ...models.backend import labels_hint
 from ...models.regionvlm import _category_prompt, refer_prompt
-from . import RecipeBase, TrainExample, image_features, register, tokens_to_grid, unique_images
+from . import RecipeBase, TrainExample, image_features, register, row_token_losses, tokens_to_grid, unique_images
 
 
 def task_prompt(example: TrainExample) -> str:
@@ -75,7 +75,7 @@ class RegionVLMRecipe(RecipeBase):
             batch["pixel_values"] = self.vision_pixels(processor, images)
         return batch
 
-    def loss(self, model, batch: dict) -> torch.Tensor:
+    def row_losses(self, model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Vision tower once per distinct image; Q-Former reads each row's points; T5 loss of the target."""
         image_embeds = image_features(self, model, batch)[batch["image_index"]]
         rows = batch["input_ids"].shape[0]
@@ -95,7 +95,7 @@ class RegionVLMRecipe(RecipeBase):
         embeds = embeds.masked_scatter(slots, tokens.to(embeds.dtype).reshape(-1, embeds.shape[-1]))
         out = model.language_model(inputs_embeds=embeds, attention_mask=batch["attention_mask"],
                                     labels=batch["labels"], return_dict=True)
-        return out.loss
+        return row_token_losses(out.logits, batch["labels"])
 
     def vision_pixels(self, processor, images) -> torch.Tensor:
         return processor.image_processor(images=list(images), return_tensors="pt").pixel_values
