@@ -119,6 +119,10 @@ def mask_region(obj) -> Region:
     return Region(kind=Region.MASK, mask=array_to_image_msg(mask, "mono8"), name=obj["shape"])
 
 
+def _boxes_touch(a, b) -> bool:
+    return not (a[2] < b[0] or b[2] < a[0] or a[3] < b[1] or b[3] < a[1])
+
+
 def test_positions_match_the_scene_geometry_and_markers_show_boxes(system):
     client, node = system
     frame, truth = frame_and_truth(client)
@@ -142,8 +146,12 @@ def test_positions_match_the_scene_geometry_and_markers_show_boxes(system):
         assert abs(out.position.x - x) < 3 * pixel_m
         assert abs(out.position.y - y) < 3 * pixel_m
         assert out.depth_valid_fraction == pytest.approx(1.0)
-    for out, obj in zip(result.outputs, objs, strict=False):  # whole visible masks: their extent
-        assert out.size.x == pytest.approx(obj["size_m"][0], rel=0.25, abs=2 * pixel_m)
+    # the extent of objects seen whole (no nearer object's box touches theirs): a covered object's
+    # visible part can end in a sliver a pixel wide, which the node's percentile box rightly trims
+    whole = [k for k, o in enumerate(objs) if not any(_boxes_touch(o["box"], p["box"]) for p in objs[k + 1 :])]
+    assert whole  # the nearest object is never covered
+    for k in whole:
+        assert result.outputs[k].size.x == pytest.approx(objs[k]["size_m"][0], rel=0.25, abs=2 * pixel_m)
     # REFER and CLASSIFY get positions too
     for task, fields in ((RegionQuery.REFER, {"text": "the red circle"}),
                          (RegionQuery.CLASSIFY, {"regions": [mask_region(objs[0])], "labels": ["circle", "square"]})):
