@@ -272,3 +272,38 @@ def test_the_command_line_trains_and_measures_a_segmenter(tmp_path, world, capsy
     assert main([*args[:-1], "--out", str(tmp_path / "other"), "--settings", "{}"]) == 2
     assert not (tmp_path / "other").exists()
     assert main(["eval", "segment", "--dataset", str(world)]) == 2  # no segmenter named
+
+
+def test_eval_segment_reports_objects_touching_another_apart():
+    """A segmenter that merges touching objects (a star on a square comes back with its square) is perfect on
+    the lone circle and poor on the touching pair: the breakdown says so, the overall figures hide it."""
+    from types import SimpleNamespace
+
+    from region_perception.evaluation.segment import evaluate_segmenter, touching
+
+    image, objects = syn.scene([("blue", "square", (40, 40), 18), ("purple", "star", (40, 40), 8),
+                                ("red", "circle", (100, 100), 10)], seed=0)
+    masks = [o.mask for o in objects]
+    assert touching(masks) == [True, True, False] and touching(masks[:1]) == [False]
+    merged = masks[0] | masks[1]
+
+    class Merging:
+        name, weights_random = "merging", False
+
+        def segment(self, key, image, *, box=None, points=None, labels=None):
+            if box is not None:
+                x, y = int((box[0] + box[2]) / 2), int((box[1] + box[3]) / 2)
+            else:
+                x, y = np.asarray(points)[0].astype(int)
+            return masks[2] if masks[2][y, x] else merged
+
+    scenes = SimpleNamespace(root="scenes", split="val", images={0: {}}, read_image=lambda i: image,
+                             samples_of=lambda i: [SimpleNamespace(mask=lambda m=m: m, attributes={}) for m in masks])
+    out = evaluate_segmenter(Merging(), scenes, proposals=False)
+    square, star = iou(merged, masks[0]), iou(merged, masks[1])
+    assert star < 0.5 < 0.85 < square  # the star is lost in its square; the square barely changes
+    assert out["n_touching"] == 2
+    assert out["one_click_mIoU_touching"] == pytest.approx(100 * (square + star) / 2, abs=0.01)
+    assert out["one_click_mIoU"] == pytest.approx(100 * (square + star + 1) / 3, abs=0.01)
+    assert out["NoC@85_alone"] == 1 and out["NoC@85_touching"] == (1 + 20) / 2  # the star never comes apart
+    assert out["chance"]["NoC@85_touching"] is not None and "touching" in out["baselines"]["NoC@85_touching"]

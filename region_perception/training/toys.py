@@ -76,6 +76,8 @@ SEGMENT_TARGETS = (
     ("box_mIoU", 90.0, "min", "mIoU from the box"),
     ("NoC@85", 2.0, "max", "clicks to 85 % IoU"),
     ("NoC@90", None, "max", "clicks to 90 % IoU (reported)"),
+    ("NoC@85_touching", None, "max", "clicks to 85 %, objects touching another (reported)"),
+    ("NoC@85_alone", None, "max", "clicks to 85 %, objects touching no other (reported)"),
     ("proposal_upper_bound_mIoU", 88.0, "min", "automatic proposals' upper-bound mIoU"),
     ("proposals_per_image", 20.0, "max", "proposals an image"),
 )
