@@ -63,7 +63,7 @@ class SegmenterTrainConfig:
 
     data: str
     out: Path
-    steps: int = 2700
+    steps: int = 5400
     batch_size: int = 8  # images per process per step
     prompts_per_image: int = 4  # objects prompted per image
     # the defaults are toy-sam's recipe (training/toys.py SEGMENTER_RECIPES), so the command trains it as shipped
