@@ -67,8 +67,8 @@ SEGMENTER_RECIPES: dict[str, dict] = {
     # (0.19 s a step on quiet cores; one process 0.27 s), over the budget with the evaluation: 2700 steps.
     # NoC@85 is lost on objects touching another (6.7 clicks, 1.5 alone), under-fitted on the training scenes too,
     # and steps are what helps: 5400 steps (one process, 1650 s) took NoC@85 4.1 -> 2.7, one-click 88.8 -> 92.0,
-    # box 90.4 -> 93.2, the upper bound 89.1 -> 92.0 (14.2 proposals an image); over the ten-minute budget (about
-    # 18 minutes in two processes), for masks a robot can use (docs/segmenter.md)
+    # box 90.4 -> 93.2, the upper bound 89.1 -> 92.0 (14.2 proposals an image); over the ten-minute budget (1243 s
+    # with the evaluation in two processes, 0.22 s a step), for masks a robot can use (docs/segmenter.md)
     "toy-sam": {"steps": 5400, "batch_size": 8, "prompts_per_image": 4, "box_fraction": 0.35,
                 "correction_fraction": 0.35, "max_corrections": 3, "box_jitter": 0.03, "lr": 2e-3,
                 "weight_decay": 0.05, "warmup_ratio": 0.05},
